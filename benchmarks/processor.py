@@ -1,0 +1,56 @@
+"""Tag-and-probe processor wall time with and without a correction, on a local dask cluster.
+
+Generates a toy MC sample, derives fudge factors, then times ``apply_to_fileset`` + ``dask.compute``
+of the processor without a bundle and with it (best of ``--repeat``), on ``--workers`` processes.
+
+    python benchmarks/processor.py --events 400000 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from dask.distributed import Client, LocalCluster
+
+import egproc
+from egproc import fudge, pipeline, toy
+from egproc.processors import TagAndProbeProcessor
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=400_000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--step-size", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = toy.generate_samples(Path(tmp), args.events, seed=5, files_per_sample=args.workers, workers=args.workers)
+        files = pipeline.group_samples(paths)
+        bundle = egproc.load(fudge.train(files["data"], files["mc"], Path(tmp) / "fudge"))
+        configurations = {
+            "uncorrected": TagAndProbeProcessor(None),
+            "fudge (correctionlib)": TagAndProbeProcessor(bundle),
+        }
+        with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, Client(cluster) as client:
+            pipeline.run_with_dask(configurations["uncorrected"], {"mc": files["mc"]}, step_size=args.step_size, scheduler=client)  # warm-up
+            timings = {}
+            for name, processor in configurations.items():
+                runs = []
+                for _ in range(args.repeat):
+                    start = time.perf_counter()
+                    pipeline.run_with_dask(processor, {"mc": files["mc"]}, step_size=args.step_size, scheduler=client)
+                    runs.append(time.perf_counter() - start)
+                timings[name] = min(runs)
+        print(f"tag and probe on {args.events:,} MC events, {args.workers} dask worker processes, best of {args.repeat}:")
+        for name, seconds in timings.items():
+            ratio = seconds / timings["uncorrected"]
+            print(f"  {name:<24} {seconds:7.2f} s   {args.events / seconds:10,.0f} events/s   ×{ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()

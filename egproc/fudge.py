@@ -25,15 +25,16 @@ one ``formularef`` per bin), so the JSON evaluates with plain correctionlib in P
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import correctionlib.schemav2 as cs
 import numpy as np
 
 from egproc import bundle as bundle_format
-from egproc import nano, probes, reweight
+from egproc import engine, nano, probes, reweight
 from egproc.variables import ABS_ETA_EDGES, PRESHOWER, PT_EDGES, SHOWER_SHAPES, Variable, variable
 
 __all__ = [
@@ -208,8 +209,13 @@ def train(
     *,
     variables: Sequence[str] = DEFAULT_VARIABLES,
     name: str = "toy-fudge",
+    provenance: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Derive ρ weights and fudge factors from tag-and-probe probes and write a bundle."""
+    """Derive ρ weights and fudge factors from tag-and-probe probes and write a bundle.
+
+    ``provenance`` adds entries (e.g. the toy seed) to what the bundle records: input file names
+    and sha256, probe counts, the selection and the bins left uncorrected.
+    """
     branches = ["Photon_pt", "Photon_superclusterEta", RHO_BRANCH, *(f"Photon_{v}" for v in variables)]
     data = probes.read_probes(data_files, branches)
     mc = probes.read_probes(mc_files, branches)
@@ -244,8 +250,9 @@ def train(
         steps=steps,
         event_weights=[bundle_format.EventWeight(name="rho", correction="rho_reweighting", inputs=(RHO_BRANCH,))],
         provenance={
-            "data_files": [Path(f).name for f in data_files],
-            "mc_files": [Path(f).name for f in mc_files],
+            **dict(provenance or {}),
+            "data_files": {Path(f).name: engine.sha256_of(f) for f in data_files},
+            "mc_files": {Path(f).name: engine.sha256_of(f) for f in mc_files},
             "data_probes": len(data),
             "mc_probes": len(mc),
             "mass_window": list(probes.MASS_WINDOW),

@@ -27,10 +27,12 @@ def test_generate_train_check(tmp_path, capsys):
     assert written == ["data.root", "data2.root", "mc.root"]
 
     bundle = tmp_path / "fudge"
-    cli.main(["train", "fudge", "--data", str(samples / "data.root"), "--mc", str(samples / "mc.root"), "--out", str(bundle), "--name", "cli-fudge"])
+    cli.main(["train", "fudge", "--data", str(samples / "data.root"), "--mc", str(samples / "mc.root"), "--out", str(bundle), "--name", "cli-fudge", "--provenance", "toy_seed=3", "toy_events=20000"])
     loaded = egproc.load(bundle)
     assert loaded.name == "cli-fudge" and loaded.manifest.method == "fudge"
-    assert loaded.manifest.provenance["data_files"] == ["data.root"]
+    provenance = loaded.manifest.provenance
+    assert list(provenance["data_files"]) == ["data.root"] and len(provenance["data_files"]["data.root"]) == 64
+    assert provenance["toy_seed"] == "3" and provenance["toy_events"] == "20000"
 
     capsys.readouterr()
     cli.main(["check", str(bundle), str(samples / "mc.root")])

@@ -5,19 +5,21 @@ Random streams
 Each file is generated in fixed blocks of :data:`CHUNK_SIZE` events; block
 ``c`` of file ``f`` of replica ``r`` of sample kind ``k`` draws from
 ``numpy.random.Generator(PCG64(SeedSequence(seed, spawn_key=(k, r, f, c))))``.
-The content of a file is therefore a pure function of
-``(seed, kind, replica, file index, first event, number of events)``:
-rewriting it gives byte-identical arrays, and files are independent of how
-many worker processes wrote them.  ``data2`` is the replica ``r = 1`` of
+The content of a file is therefore a pure function of (seed, kind, replica,
+file index, first event, number of events, background fraction): rewriting it
+gives byte-identical arrays, and files are independent of how many worker
+processes wrote them.  ``data2`` is the replica ``r = 1`` of
 ``data``: same truth, independent stream, disjoint event numbers.
 
 Compression
 ===========
-LZ4 level 1 by default.  The samples are written once and read many times by
-training and validation jobs, so decompression speed dominates; LZ4
-decompresses several times faster than ZLIB/ZSTD, and at level 1 writing is
-~5× faster than ZLIB(1) for a ~15% larger file (random float mantissas barely
-compress with any algorithm).
+LZ4 level 1 by default.  The samples are regenerated often and read many
+times by training and validation jobs, so speed matters more than size.
+Measured on 3×10⁵ toy MC events: LZ4(1) writes the file (generation
+included) 2.2× faster than ZLIB(1) and reads it 1.4× faster, for a 1.6×
+larger file; ZSTD(1) writes almost as fast as LZ4 but reads as slowly as
+ZLIB.  Pass ``compression=uproot.ZLIB(...)`` or ``uproot.LZMA(...)`` for
+archival copies.
 """
 
 from __future__ import annotations

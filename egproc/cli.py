@@ -3,6 +3,7 @@
     egproc generate --out samples --events 1000000 --seed 1
     egproc train fudge --data samples/data_*.root --mc samples/mc_*.root --out corrections/toy-fudge
     egproc check corrections/toy-fudge samples/mc_0.root
+    egproc report egproc-demo/output --out egproc-demo/report
     egproc run --workdir egproc-demo
 """
 
@@ -44,6 +45,13 @@ def _check(args: argparse.Namespace) -> None:
         resolved = bundle.check_file(path)
         renamed = {k: v for k, v in resolved.items() if k != v}
         print(f"{path}: all {len(resolved)} branches present" + (f" (fallbacks: {json.dumps(renamed)})" if renamed else ""))
+
+
+def _report(args: argparse.Namespace) -> None:
+    from egproc import histio, report
+
+    folder = report.write(histio.read(args.output), args.out, classifier=not args.no_classifier)
+    print(f"wrote {folder / 'index.html'}")
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -94,6 +102,12 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("bundle")
     check.add_argument("files", nargs="*")
     check.set_defaults(handler=_check)
+
+    report = commands.add_parser("report", help="fidelity report of a tag-and-probe output (data, data2, mc)")
+    report.add_argument("output", help="processor output folder (egproc run writes <workdir>/output)")
+    report.add_argument("--out", required=True, help="report folder to write")
+    report.add_argument("--no-classifier", action="store_true", help="skip the classifier two-sample test")
+    report.set_defaults(handler=_report)
 
     run = commands.add_parser("run", help="generate → derive fudge factors → tag and probe under dask")
     run.add_argument("--workdir", default="egproc-demo")

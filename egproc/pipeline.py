@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from egproc import metrics
+from egproc import metrics, report
 from egproc.variables import variable
 
 __all__ = [
@@ -71,7 +71,7 @@ def run_with_runner(
         raise ValueError(f"unknown executor {executor!r}; expected iterative, futures or dask")
     runner = processor.Runner(executor=chosen, schema=NanoAODSchema, chunksize=chunksize, savemetrics=False)
     datasets = {name: [str(Path(f).resolve()) for f in paths] for name, paths in files.items()}
-    return runner(datasets, processor_instance=processor_instance, treename="Events")
+    return _as_numpy(runner(datasets, processor_instance=processor_instance, treename="Events"))
 
 
 def run_with_dask(
@@ -91,21 +91,37 @@ def run_with_dask(
     graphs = apply_to_fileset(processor_instance, available, schemaclass=NanoAODSchema)
     (computed,) = dask.compute(graphs, scheduler=scheduler)
     # apply_to_fileset keys by dataset and the processor keys its output by dataset again.
-    return {name: output[name] for name, output in computed.items()}
+    return _as_numpy({name: output[name] for name, output in computed.items()})
+
+
+def _as_numpy(output: Mapping[str, Any]) -> dict[str, Any]:
+    """Probe columns as numpy arrays whichever way they were accumulated (Runner: coffea
+    ``column_accumulator``; dask: awkward arrays)."""
+    import awkward as ak
+
+    def numpy(column: Any) -> np.ndarray:
+        return np.asarray(column.value) if hasattr(column, "value") else ak.to_numpy(column)
+
+    return {
+        name: {**part, "probes": {k: numpy(v) for k, v in part.get("probes", {}).items()}}
+        for name, part in output.items()
+    }
 
 
 def agreement_rows(
     output: Mapping[str, Any], data: str = "data", mc: str = "mc", reference: str | None = "data2"
 ) -> list[dict[str, Any]]:
-    """Per variable and region: L1 and W₁ of data vs raw MC, data vs corrected MC, data vs data2.
+    """Per variable and region: L1 and W₁ of data vs MC at every stage, and data vs data2.
 
     Distances are on the inclusive (pT-summed) histogram of each region (EB: |η| < 1.4442,
     EE: 1.566–2.5).
     """
     histograms = output[mc]["histograms"]
     rows = []
-    for field in (f for f in histograms if f != "mass"):
+    for field in (f for f in histograms if f != "id"):
         spec = variable(field)
+        stages = list(histograms[field].axes["stage"])
+        edges = histograms[field].axes["value"].edges
         for region, eta_slice in (("EB", slice(0, 2)), ("EE", slice(3, 5))):
             if region not in spec.regions:
                 continue
@@ -114,14 +130,14 @@ def agreement_rows(
                 h = output[dataset]["histograms"][field][{"stage": stage}]
                 return h.values()[:, eta_slice, :].sum(axis=(0, 1))
 
-            edges = histograms[field].axes["value"].edges
             target = values(data, "raw")
             row = {"variable": field, "region": region}
-            candidates = {"raw MC": values(mc, "raw"), "corrected MC": values(mc, "corrected")}
+            candidates = {f"MC {stage}": values(mc, stage) for stage in stages}
             if reference is not None and reference in output:
                 candidates["data2"] = values(reference, "raw")
             for name, counts in candidates.items():
                 row[f"L1 {name}"] = float(metrics.l1_distance(target, counts))
+            for name, counts in candidates.items():
                 row[f"W1 {name}"] = float(metrics.wasserstein_distance(target, counts, edges))
             rows.append(row)
     return rows
@@ -149,10 +165,12 @@ def demo(
     step_size: int = 100_000,
     bundle_path: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Generate toy samples, derive fudge factors, run the processor on a local dask cluster.
+    """Generate toy samples, derive fudge factors, run the processor on a local dask cluster, and
+    write the fidelity report.
 
     Writes ``<workdir>/samples/*.root``, ``<workdir>/bundles/toy-fudge`` (unless ``bundle_path``
-    is given) and ``<workdir>/histograms.json.gz``; prints the agreement table and returns the output.
+    is given), ``<workdir>/output`` (see :mod:`egproc.histio`) and ``<workdir>/report``; prints the
+    agreement table and returns the output.
     """
     from dask.distributed import Client, LocalCluster
 
@@ -162,7 +180,7 @@ def demo(
 
     workdir = Path(workdir)
     clock = time.perf_counter()
-    print(f"[1/4] generating {n_events:,} events per sample (seed {seed}) in {workdir / 'samples'}")
+    print(f"[1/5] generating {n_events:,} events per sample (seed {seed}) in {workdir / 'samples'}")
     samples = toy.generate_samples(workdir / "samples", n_events, seed, files_per_sample=workers, workers=workers)
     files = group_samples(samples)
     print(f"      done in {time.perf_counter() - clock:.1f} s")
@@ -170,18 +188,18 @@ def demo(
     if bundle_path is None:
         clock = time.perf_counter()
         bundle_path = workdir / "bundles" / "toy-fudge"
-        print(f"[2/4] deriving fudge factors → {bundle_path}")
+        print(f"[2/5] deriving fudge factors → {bundle_path}")
         fudge.train(files["data"], files["mc"], bundle_path)
         print(f"      done in {time.perf_counter() - clock:.1f} s")
     else:
-        print(f"[2/4] using bundle {bundle_path}")
+        print(f"[2/5] using bundle {bundle_path}")
     bundle = egproc.load(bundle_path)
     for kind, paths in files.items():
         for path in paths:
             bundle.check_file(path)
 
     clock = time.perf_counter()
-    print(f"[3/4] tag and probe on a local dask cluster ({workers} worker processes)")
+    print(f"[3/5] tag and probe on a local dask cluster ({workers} worker processes)")
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, Client(cluster) as client:
         output = run_with_dask(TagAndProbeProcessor(bundle), files, step_size=step_size, scheduler=client)
     print(f"      done in {time.perf_counter() - clock:.1f} s")
@@ -189,7 +207,11 @@ def demo(
         counts = dataset_output["counts"]
         print(f"      {name}: {int(counts['events']):,} events, {int(counts['pairs']):,} probes in the mass window")
 
-    histograms_path = histio.save(output, workdir / "histograms.json.gz")
-    print(f"[4/4] data/MC agreement of the probe distributions (inclusive in pT; histograms in {histograms_path})")
+    output_path = histio.save(output, workdir / "output")
+    print(f"[4/5] data/MC agreement of the probe distributions (inclusive in pT; outputs in {output_path})")
     print(format_agreement(agreement_rows(output)))
+
+    clock = time.perf_counter()
+    folder = report.write(output, workdir / "report")
+    print(f"[5/5] fidelity report written in {time.perf_counter() - clock:.1f} s: open {folder / 'index.html'}")
     return output

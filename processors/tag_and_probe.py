@@ -3,16 +3,25 @@
 The pair selection is :func:`egproc.probes.tag_probe_pairs`, shared with the training commands so
 that corrections are derived and checked on the same probes.
 
-The processor fills, per probe variable, weighted histograms in (stage, pT, |η_SC|, value) where
-stage is ``raw`` (as read) or ``corrected`` (after the bundle, MC only), for pairs inside the
-correction mass window; and the pair mass in a wider window for background studies. MC is weighted
-by ``genWeight`` times the bundle's ρ reweighting. ``process`` is a pure function of the chunk: it
-runs unchanged on eager, virtual (``processor.Runner``) and dask-awkward (``apply_to_fileset``)
-events.
+Per dataset the processor returns
+
+* ``histograms``: per photon variable, weighted histograms in (stage, pT, |η_SC|, value) for pairs
+  inside the correction mass window; and ``id``, the probe's ID score in (stage, pair mass, pT,
+  |η_SC|, mvaID) over the wide mass window, for sideband-subtracted efficiencies;
+* ``probes``: per-probe columns inside the window (kinematics, ρ, weight, and each variable and the
+  ID score per stage), for correlations, classifier tests and profiles;
+* ``counts``: events, probes, sum of weights, probes a correction left uncorrected.
+
+A *stage* is ``raw`` (as read from the file) or the name of a correction applied to MC probes; the
+ID score of a correction's stage is the photon ID re-evaluated on its corrected fields, as in the
+CMS workflow. MC is weighted by ``genWeight`` times the ρ reweighting the corrections were derived
+with. ``process`` is a pure function of the chunk: it runs unchanged on eager, virtual
+(``processor.Runner``) and dask-awkward (``apply_to_fileset``) events.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import awkward as ak
@@ -24,98 +33,145 @@ from coffea import processor
 from egproc import nano
 from egproc.bundle import Bundle
 from egproc.probes import MASS_WINDOW, TRIGGER, WIDE_MASS_WINDOW, tag_probe_pairs
+from egproc.toy import MVA_INPUTS, toy_mva_id
 from egproc.variables import ABS_ETA_EDGES, PHOTON_VARIABLES, PT_EDGES, variable
 
 __all__ = ["TagAndProbeProcessor"]
 
+PhotonID = Callable[[Any, Any], Any]
+
+
 class TagAndProbeProcessor(processor.ProcessorABC):
-    """Probe-photon histograms before and after a correction bundle.
+    """Probe-photon histograms and columns before and after correction bundles.
 
     Parameters
     ----------
-    bundle:
-        The correction applied to MC probes (``None``: raw histograms only).
+    corrections:
+        Bundles applied to MC probes, by stage name (a single bundle is named by its method).
     variables:
         Photon fields to histogram (default: every shower-shape, preshower and isolation variable,
         corrected or not, so what a correction leaves alone stays visible).
     mass_window:
-        Pair mass range of the probes that enter the variable histograms.
+        Pair mass range of the probes that enter the variable histograms and columns.
     trigger:
         Single-electron trigger branch the tag's event must have fired.
+    photon_id:
+        ``photon_id(photons, rho)`` re-evaluates the ID score on corrected fields (default: the
+        toy's documented MVA, :func:`egproc.toy.toy_mva_id`); ``None`` keeps the file's score.
+    photon_id_inputs:
+        Photon fields ``photon_id`` reads (checked before the run like the variables).
+    reweighting:
+        The bundle whose ``rho`` event weight reweights MC (default: the first correction with one).
     """
 
     def __init__(
         self,
-        bundle: Bundle | None = None,
+        corrections: Bundle | Mapping[str, Bundle] | None = None,
         variables: tuple[str, ...] | None = None,
         mass_window: tuple[float, float] = MASS_WINDOW,
         trigger: str = TRIGGER,
+        photon_id: PhotonID | None = toy_mva_id,
+        photon_id_inputs: tuple[str, ...] = MVA_INPUTS,
+        reweighting: Bundle | None = None,
     ):
-        self.bundle = bundle
-        if variables is None:
-            variables = tuple(v.field for v in PHOTON_VARIABLES)
-        self.variables = tuple(dict.fromkeys(variables))
+        if isinstance(corrections, Bundle):
+            corrections = {corrections.manifest.method: corrections}
+        self.corrections = dict(corrections or {})
+        if "raw" in self.corrections:
+            raise ValueError("'raw' is the uncorrected stage; name the correction otherwise")
+        self.variables = tuple(dict.fromkeys(variables or (v.field for v in PHOTON_VARIABLES)))
         self.mass_window = mass_window
         self.trigger = trigger
+        self.photon_id = photon_id
+        self.photon_id_inputs = photon_id_inputs if photon_id is not None else ()
+        if reweighting is None:
+            reweighting = next((b for b in self.corrections.values() if b.manifest.event_weights), None)
+        self.reweighting = reweighting
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return ("raw", *self.corrections)
 
     def process(self, events: Any) -> dict[str, Any]:
         dataset = events.metadata.get("dataset", "unknown")
         is_mc = "genWeight" in events.fields
         dask_mode = type(events).__module__.startswith("dask_awkward")
 
-        pairs = tag_probe_pairs(events, trigger=self.trigger)
+        pairs = tag_probe_pairs(events, WIDE_MASS_WINDOW, trigger=self.trigger)
         # Every histogrammed branch must exist: fail on the first chunk, naming it, not mid-fill.
-        nano.locate([f"Photon_{v}" for v in self.variables], "Photon", pairs.probe, events)
-        event_weight = events.genWeight if is_mc else ak.ones_like(events.run, dtype=np.float64)
-        if is_mc and self.bundle is not None and self.bundle.manifest.event_weights:
-            event_weight = event_weight * self.bundle.event_weight("rho", events)
-        pair_weight = ak.broadcast_arrays(event_weight, pairs.mass)[0]
+        needed = (*self.variables, *self.photon_id_inputs)
+        nano.locate([f"Photon_{v}" for v in dict.fromkeys(needed)], "Photon", pairs.probe, events)
+        rho = nano.column("Rho_fixedGridRhoAll", events)
 
-        mass_hist = _new_hist(
-            dask_mode,
-            hist.axis.Regular(60, *WIDE_MASS_WINDOW, name="mass", label=r"$m_{ee}$ (GeV)"),
-            hist.axis.Variable(PT_EDGES, name="pt", label=r"probe $p_T$ (GeV)"),
-            hist.axis.Variable(ABS_ETA_EDGES, name="abseta", label=r"probe $|\eta_{SC}|$"),
+        event_weight = events.genWeight if is_mc else ak.ones_like(rho, dtype=np.float64)
+        if is_mc and self.reweighting is not None:
+            event_weight = event_weight * self.reweighting.event_weight("rho", events)
+        pair_weight = ak.broadcast_arrays(event_weight, pairs.mass)[0]
+        pair_rho = ak.broadcast_arrays(rho, pairs.mass)[0]
+
+        stages = {"raw": pairs.probe}
+        if is_mc:
+            stages.update({name: b.apply(pairs.probe, events) for name, b in self.corrections.items()})
+        id_scores = {
+            stage: probes.mvaID if stage == "raw" or self.photon_id is None else self.photon_id(probes, pair_rho)
+            for stage, probes in stages.items()
+        }
+
+        def flat(array: Any) -> Any:
+            return ak.flatten(array, axis=1)
+
+        pt_axis = hist.axis.Variable(PT_EDGES, name="pt", label=r"probe $p_T$ (GeV)")
+        eta_axis = hist.axis.Variable(ABS_ETA_EDGES, name="abseta", label=r"probe $|\eta_{SC}|$")
+        stage_axis = hist.axis.StrCategory(list(self.stages), name="stage")
+        histograms = {}
+
+        id_hist = _new_hist(
+            dask_mode, stage_axis,
+            hist.axis.Regular(30, *WIDE_MASS_WINDOW, name="mass", label=r"$m_{ee}$ (GeV)"),
+            pt_axis, eta_axis,
+            hist.axis.Regular(100, -1.0, 1.0, name="mvaID", label="photon ID score"),
         )
-        mass_hist.fill(
-            mass=ak.flatten(pairs.mass),
-            pt=ak.flatten(pairs.probe.pt),
-            abseta=ak.flatten(np.abs(pairs.probe.superclusterEta)),
-            weight=ak.flatten(pair_weight),
-        )
+        for stage, score in id_scores.items():
+            id_hist.fill(
+                stage=stage, mass=flat(pairs.mass), pt=flat(pairs.probe.pt),
+                abseta=flat(np.abs(pairs.probe.superclusterEta)), mvaID=flat(score), weight=flat(pair_weight),
+            )
+        histograms["id"] = id_hist
 
         in_window = (pairs.mass > self.mass_window[0]) & (pairs.mass < self.mass_window[1])
-        probes = pairs.probe[in_window]
-        weights = ak.flatten(pair_weight[in_window])
-        stages = {"raw": probes}
-        if is_mc and self.bundle is not None:
-            stages["corrected"] = self.bundle.apply(probes, events)
-        pt = ak.flatten(probes.pt)
-        abseta = ak.flatten(np.abs(probes.superclusterEta))
-
-        histograms = {"mass": mass_hist}
+        weight = flat(pair_weight[in_window])
+        pt = flat(pairs.probe.pt[in_window])
+        abseta = flat(np.abs(pairs.probe.superclusterEta[in_window]))
+        columns = {
+            "pt": pt,
+            "superclusterEta": flat(pairs.probe.superclusterEta[in_window]),
+            "phi": flat(pairs.probe.phi[in_window]),
+            "rho": flat(pair_rho[in_window]),
+            "weight": weight,
+        }
         for field in self.variables:
             spec = variable(field)
             h = _new_hist(
-                dask_mode,
-                hist.axis.StrCategory(["raw", "corrected"], name="stage"),
-                hist.axis.Variable(PT_EDGES, name="pt", label=r"probe $p_T$ (GeV)"),
-                hist.axis.Variable(ABS_ETA_EDGES, name="abseta", label=r"probe $|\eta_{SC}|$"),
+                dask_mode, stage_axis, pt_axis, eta_axis,
                 hist.axis.Regular(spec.bins, spec.low, spec.high, name="value", label=spec.label),
             )
-            for stage, collection in stages.items():
-                values = collection[f"raw_{field}"] if stage == "raw" and f"raw_{field}" in collection.fields else collection[field]
-                h.fill(stage=stage, pt=pt, abseta=abseta, value=ak.flatten(values), weight=weights)
+            for stage, probes in stages.items():
+                values = flat(probes[field][in_window])
+                h.fill(stage=stage, pt=pt, abseta=abseta, value=values, weight=weight)
+                columns[f"{stage}/{field}"] = values
             histograms[field] = h
+        for stage, score in id_scores.items():
+            columns[f"{stage}/mvaID"] = flat(score[in_window])
 
-        counts = {
-            "events": ak.num(events.run, axis=0),
-            "pairs": ak.sum(ak.num(probes, axis=1)),
-            "sumw": ak.sum(weights),
+        counts = {"events": ak.num(rho, axis=0), "pairs": ak.num(weight, axis=0), "sumw": ak.sum(weight)}
+        for name in self.corrections:
+            if name in stages:
+                counts[f"not_corrected/{name}"] = ak.sum(~flat(stages[name].egproc_ok[in_window]))
+        probe_columns = {
+            name: (column if dask_mode else processor.column_accumulator(ak.to_numpy(column)))
+            for name, column in columns.items()
         }
-        if "corrected" in stages:
-            counts["not_corrected"] = ak.sum(~ak.flatten(stages["corrected"].egproc_ok))
-        return {dataset: {"histograms": histograms, "counts": counts}}
+        return {dataset: {"histograms": histograms, "probes": probe_columns, "counts": counts}}
 
     def postprocess(self, accumulator: Any) -> Any:
         return accumulator

@@ -177,7 +177,9 @@ def charged_effective_area(abs_sc_eta: ArrayLike) -> ArrayLike:
 
 
 def _by_region(is_barrel: ArrayLike, values: tuple[float, float]) -> ArrayLike:
-    return np.where(is_barrel, values[0], values[1])
+    # Arithmetic rather than np.where, which dask-awkward arrays do not implement; exactly one
+    # term is non-zero, so the selected value is reproduced bit for bit.
+    return is_barrel * values[0] + (~is_barrel) * values[1]
 
 
 def mva_features(photons: Mapping[str, ArrayLike] | Any, rho: ArrayLike) -> dict[str, ArrayLike]:

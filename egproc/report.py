@@ -1,0 +1,440 @@
+"""The fidelity report: how close (corrected) MC is to data, measured against the noise floor.
+
+Input: a tag-and-probe processor output (:mod:`egproc.histio`) with the datasets ``data``, ``data2``
+(an independent data sample of the same size: the statistical noise floor) and ``mc``, whose stages
+are ``raw`` and one per correction method. Every figure of a method is computed the same way as for
+``data2``, so each distance is also given as a ratio to what two data samples of this size differ by.
+
+What is measured, per method (``raw`` included, as the "before"):
+
+* per variable and (pT, |η_SC|) bin: L1, Hellinger and W₁ distances of the normalised histograms to
+  data (:mod:`egproc.metrics`), and their ratios to the data-vs-data2 floor; the headline is the
+  worst bin's W₁ ratio over bins with at least :data:`MIN_BIN_ENTRIES` data probes;
+* parameter evolution: mean, RMS, and the Gaussian-core peak and width per bin (:mod:`egproc.corefit`),
+  for the variables without an exact-zero peak (the core of an isolation is its zero peak);
+* correlations: Pearson and Spearman matrices of the variables per region, their difference to data,
+  max |Δρ| and its floor;
+* the classifier two-sample AUC, all variables jointly plus (pT, η_SC, φ, ρ), barrel and endcap
+  together (:mod:`egproc.twosample`);
+* the photon ID score re-evaluated on corrected variables: distribution distance and profiles in
+  pT, η_SC and ρ;
+* ID efficiencies from the sideband-subtracted mass spectra, working points at 80 % and 90 % data
+  efficiency, and the data/MC scale factors as CMS-EGM-style correctionlib JSON
+  (:mod:`egproc.efficiency`).
+
+:func:`build` computes everything into a JSON-able summary; :func:`write` renders the report
+directory (PNG figures, ``index.html``, ``summary.json``, ``scale_factors_<method>.json``).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from egproc import corefit, efficiency, metrics, twosample
+from egproc.variables import ABS_ETA_EDGES, PT_EDGES, variable
+
+__all__ = ["MIN_BIN_ENTRIES", "REGIONS", "Report", "build", "write"]
+
+#: (pT, |η|) bins with fewer data probes are shown but do not enter the worst-bin headline.
+MIN_BIN_ENTRIES = 500
+#: Regions and their |η| bins (indices into ABS_ETA_EDGES); the transition bin belongs to neither.
+REGIONS: Mapping[str, tuple[int, ...]] = {"EB": (0, 1), "EE": (3, 4)}
+KINEMATICS = ("pt", "superclusterEta", "phi", "rho")
+#: Classifier-test budget: rows per sample and seeds (the spread over seeds is reported).
+CLASSIFIER_ROWS = 30_000
+CLASSIFIER_ITERATIONS = 100
+CLASSIFIER_SEEDS = (0, 1, 2)
+
+
+@dataclass
+class Report:
+    """Everything measured, JSON-able in :attr:`summary`; arrays for the figures in :attr:`arrays`."""
+
+    summary: dict[str, Any]
+    arrays: dict[str, Any]
+    scale_factor_sets: dict[str, Any]
+
+
+def _region_of(super_cluster_eta: np.ndarray, region: str) -> np.ndarray:
+    abs_eta = np.abs(super_cluster_eta)
+    low, high = ABS_ETA_EDGES[REGIONS[region][0]], ABS_ETA_EDGES[REGIONS[region][-1] + 1]
+    return (abs_eta >= low) & (abs_eta < high)
+
+
+def _variables(output: Mapping[str, Any]) -> list[str]:
+    return [name for name in output["mc"]["histograms"] if name != "id"]
+
+
+def _stages(output: Mapping[str, Any]) -> list[str]:
+    return list(output["mc"]["histograms"]["id"].axes["stage"])
+
+
+def _binned(output: Mapping[str, Any], dataset: str, field: str, stage: str) -> np.ndarray:
+    """Weighted counts [pT, |η|, value] of one stage."""
+    return output[dataset]["histograms"][field][{"stage": stage}].values()
+
+
+def _distances(output: Mapping[str, Any], field: str, stages: Sequence[str]) -> dict[str, Any]:
+    h = output["mc"]["histograms"][field]
+    edges = h.axes["value"].edges
+    data = _binned(output, "data", field, "raw")
+    floor_counts = _binned(output, "data2", field, "raw")
+    spec = variable(field)
+    entries = data.sum(axis=-1)
+    usable = entries >= MIN_BIN_ENTRIES
+    defined = np.zeros(entries.shape, dtype=bool)
+    for region in spec.regions:
+        defined[:, list(REGIONS[region])] = True
+    usable &= defined
+    floor = {
+        "L1": metrics.l1_distance(data, floor_counts),
+        "H": metrics.hellinger_distance(data, floor_counts),
+        "W1": metrics.wasserstein_distance(data, floor_counts, edges),
+    }
+    result: dict[str, Any] = {"floor": floor, "usable": usable, "entries": entries, "stages": {}}
+    for stage in stages:
+        mc = _binned(output, "mc", field, stage)
+        values = {
+            "L1": metrics.l1_distance(data, mc),
+            "H": metrics.hellinger_distance(data, mc),
+            "W1": metrics.wasserstein_distance(data, mc, edges),
+        }
+        ratios = {k: metrics.ratio_to_floor(v, floor[k]) for k, v in values.items()}
+        worst = {}
+        for name, ratio in ratios.items():
+            masked = np.where(usable, ratio, -np.inf)
+            index = np.unravel_index(np.argmax(masked), masked.shape)
+            worst[name] = {
+                "ratio": float(masked[index]) if usable.any() else None,
+                "pt": [PT_EDGES[index[0]], PT_EDGES[index[0] + 1]],
+                "abseta": [ABS_ETA_EDGES[index[1]], ABS_ETA_EDGES[index[1] + 1]],
+            }
+        result["stages"][stage] = {"values": values, "ratios": ratios, "worst": worst}
+    return result
+
+
+def _core_parameters(output: Mapping[str, Any], field: str, stages: Sequence[str]) -> dict[str, Any]:
+    """Mean, RMS, core peak and width per (pT, |η|) bin for data and each MC stage."""
+    h = output["mc"]["histograms"][field]
+    edges = h.axes["value"].edges
+    samples = {"data": ("data", "raw"), **{f"MC {s}": ("mc", s) for s in stages}}
+    parameters: dict[str, dict[str, np.ndarray]] = {}
+    for label, (dataset, stage) in samples.items():
+        selected = output[dataset]["histograms"][field][{"stage": stage}]
+        counts, variances = selected.values(), selected.variances()
+        table = {k: np.full(counts.shape[:2], np.nan) for k in ("mean", "mean_error", "rms", "rms_error", "peak", "peak_error", "core_width", "core_width_error")}
+        for i in range(counts.shape[0]):
+            for j in range(counts.shape[1]):
+                if counts[i, j].sum() < MIN_BIN_ENTRIES / 5:
+                    continue
+                fit = corefit.fit_core_binned(counts[i, j], variances[i, j], edges)
+                for key in table:
+                    table[key][i, j] = getattr(fit, key)
+        parameters[label] = table
+    return parameters
+
+
+def _columns(output: Mapping[str, Any], dataset: str, stage: str, fields: Sequence[str], region: str):
+    probes = output[dataset]["probes"]
+    keep = _region_of(probes["superclusterEta"], region)
+    matrix = np.stack([probes[f"{stage}/{f}"][keep] for f in fields], axis=1).astype(np.float64)
+    kinematics = np.stack([probes[k][keep] for k in KINEMATICS], axis=1).astype(np.float64)
+    return matrix, kinematics, probes["weight"][keep].astype(np.float64)
+
+
+def _correlations(output: Mapping[str, Any], stages: Sequence[str], fields_by_region: Mapping[str, list[str]]):
+    result: dict[str, Any] = {}
+    for region, fields in fields_by_region.items():
+        data, _, _ = _columns(output, "data", "raw", fields, region)
+        data2, _, _ = _columns(output, "data2", "raw", fields, region)
+        entry: dict[str, Any] = {"fields": fields, "stages": {}}
+        for method in ("pearson", "spearman"):
+            _, floor = metrics.correlation_difference(data, data2, method=method)
+            entry[f"{method}_floor"] = float(floor)
+        entry["data_pearson"] = metrics.pearson_matrix(data)
+        for stage in stages:
+            mc, _, weight = _columns(output, "mc", stage, fields, region)
+            stage_entry = {}
+            for method in ("pearson", "spearman"):
+                delta, worst = metrics.correlation_difference(data, mc, None, weight, method=method)
+                stage_entry[method] = {"delta": delta, "max_abs_delta": float(worst)}
+            entry["stages"][stage] = stage_entry
+        result[region] = entry
+    return result
+
+
+def _classifier(output: Mapping[str, Any], stages: Sequence[str], fields: Sequence[str]) -> dict[str, Any]:
+    """One classifier per comparison over barrel and endcap together: η_SC is a feature, and the
+    preshower variables are exactly zero in the barrel in every sample, so they carry no spurious
+    separation."""
+
+    def features(dataset: str, stage: str) -> tuple[np.ndarray, np.ndarray]:
+        probes = output[dataset]["probes"]
+        keep = _region_of(probes["superclusterEta"], "EB") | _region_of(probes["superclusterEta"], "EE")
+        columns = [probes[f"{stage}/{f}"] for f in fields] + [probes[k] for k in KINEMATICS]
+        return np.stack(columns, axis=1)[keep].astype(np.float64), probes["weight"][keep].astype(np.float64)
+
+    data, data_weight = features("data", "raw")
+    candidates = {"data2": ("data2", "raw"), **{stage: ("mc", stage) for stage in stages}}
+    result = {}
+    for name, (dataset, stage) in candidates.items():
+        other, other_weight = features(dataset, stage)
+        outcome = twosample.classifier_auc(
+            data, other, data_weight, other_weight,
+            seeds=CLASSIFIER_SEEDS, max_rows_per_sample=CLASSIFIER_ROWS, max_iter=CLASSIFIER_ITERATIONS,
+        )
+        result[name] = {"auc": outcome.auc, "auc_std": outcome.auc_std, "rows_per_sample": max(outcome.n_a, outcome.n_b)}
+    return result
+
+
+def _photon_id(output: Mapping[str, Any], stages: Sequence[str]) -> dict[str, Any]:
+    """ID score distance to data per region, and profiles in pT, η_SC and ρ."""
+    edges = np.linspace(-1.0, 1.0, 41)
+    profile_edges = {
+        "pt": np.asarray(PT_EDGES),
+        "superclusterEta": np.linspace(-2.5, 2.5, 21),
+        "rho": np.linspace(0.0, 60.0, 13),
+    }
+    samples = {"data": ("data", "raw"), "data2": ("data2", "raw"), **{f"MC {s}": ("mc", s) for s in stages}}
+    result: dict[str, Any] = {"edges": edges, "profile_edges": profile_edges, "histograms": {}, "profiles": {}, "distance": {}}
+    for label, (dataset, stage) in samples.items():
+        probes = output[dataset]["probes"]
+        score, weight = probes[f"{stage}/mvaID"], probes["weight"]
+        for region in REGIONS:
+            keep = _region_of(probes["superclusterEta"], region)
+            result["histograms"][(label, region)] = np.histogram(np.clip(score[keep], -1, 1), edges, weights=weight[keep])[0]
+        for name, bins in profile_edges.items():
+            index = np.digitize(probes[name], bins) - 1
+            valid = (index >= 0) & (index < len(bins) - 1)
+            sum_w = np.bincount(index[valid], weight[valid], len(bins) - 1)
+            sum_wx = np.bincount(index[valid], (weight * score)[valid], len(bins) - 1)
+            sum_wxx = np.bincount(index[valid], (weight * score**2)[valid], len(bins) - 1)
+            sum_w2 = np.bincount(index[valid], (weight**2)[valid], len(bins) - 1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean = sum_wx / sum_w
+                spread = np.sqrt(np.maximum(sum_wxx / sum_w - mean**2, 0.0))
+                error = spread / np.sqrt(sum_w**2 / sum_w2)
+            result["profiles"][(label, name)] = (mean, error)
+    for region in REGIONS:
+        data = result["histograms"][("data", region)]
+        floor = float(metrics.l1_distance(data, result["histograms"][("data2", region)]))
+        result["distance"][region] = {"floor_L1": floor}
+        for stage in stages:
+            value = float(metrics.l1_distance(data, result["histograms"][(f"MC {stage}", region)]))
+            result["distance"][region][stage] = {"L1": value, "ratio": float(metrics.ratio_to_floor(value, floor))}
+    return result
+
+
+def _scale_factors(output: Mapping[str, Any], stages: Sequence[str]):
+    data_hist = output["data"]["histograms"]["id"]
+    thresholds = efficiency.working_point_thresholds(data_hist, stage="raw")
+    data_table = efficiency.efficiencies(data_hist, thresholds, stage="raw")
+    tables = {"data": data_table}
+    correction_sets = {}
+    for stage in stages:
+        mc_table = efficiency.efficiencies(output["mc"]["histograms"]["id"], thresholds, stage=stage)
+        tables[f"MC {stage}"] = mc_table
+        sf = efficiency.scale_factors(data_table, mc_table)
+        correction_sets[stage] = efficiency.scale_factor_correction(
+            sf, name="Photon-ID-SF", description=(
+                f"Toy photon MVA ID scale factors, data / MC ({stage}); working points at 80% and 90% "
+                "data efficiency per region; statistical uncertainty in sfup/sfdown."
+            ),
+        )
+    return thresholds, tables, correction_sets
+
+
+def build(output: Mapping[str, Any], *, classifier: bool = True) -> Report:
+    """Compute every figure of the report from a processor output."""
+    for dataset in ("data", "data2", "mc"):
+        if dataset not in output:
+            raise KeyError(f"the report needs the datasets data, data2 and mc; {dataset!r} is missing")
+    clock = time.perf_counter()
+    stages = _stages(output)
+    fields = _variables(output)
+    fields_by_region = {region: [f for f in fields if region in variable(f).regions] for region in REGIONS}
+    distances = {field: _distances(output, field, stages) for field in fields}
+    # A Gaussian core is meaningless for a variable whose core is an exact-zero peak.
+    parameters = {field: _core_parameters(output, field, stages) for field in fields if not variable(field).zero_peak}
+    correlations = _correlations(output, stages, fields_by_region)
+    auc = _classifier(output, stages, fields) if classifier else {}
+    photon_id = _photon_id(output, stages)
+    thresholds, efficiency_tables, correction_sets = _scale_factors(output, stages)
+
+    methods: dict[str, Any] = {}
+    for stage in stages:
+        per_variable = {
+            field: {
+                name: distances[field]["stages"][stage]["worst"][name] for name in ("W1", "L1", "H")
+            }
+            for field in fields
+        }
+        methods[stage] = {
+            "variables": per_variable,
+            "worst_W1_ratio": max(
+                (v["W1"]["ratio"] for v in per_variable.values() if v["W1"]["ratio"] is not None), default=None
+            ),
+            "correlations": {
+                region: {
+                    "max_abs_delta_pearson": correlations[region]["stages"][stage]["pearson"]["max_abs_delta"],
+                    "floor_pearson": correlations[region]["pearson_floor"],
+                    "max_abs_delta_spearman": correlations[region]["stages"][stage]["spearman"]["max_abs_delta"],
+                    "floor_spearman": correlations[region]["spearman_floor"],
+                }
+                for region in REGIONS
+            },
+            "classifier_auc": auc.get(stage),
+            "photon_id": {region: photon_id["distance"][region][stage] for region in REGIONS},
+        }
+    summary = {
+        "datasets": {name: {k: float(v) for k, v in part["counts"].items()} for name, part in output.items()},
+        "min_bin_entries": MIN_BIN_ENTRIES,
+        "methods": methods,
+        "noise_floor": {
+            "classifier_auc": auc.get("data2"),
+            "photon_id_L1": {region: photon_id["distance"][region]["floor_L1"] for region in REGIONS},
+        },
+        "working_points": thresholds,
+        "bins": {"pt": list(PT_EDGES), "abseta": list(ABS_ETA_EDGES)},
+        "per_bin": {
+            field: {
+                "data_entries": distances[field]["entries"],
+                "floor": distances[field]["floor"],
+                "stages": {
+                    stage: {"distance": part["values"], "ratio_to_floor": part["ratios"]}
+                    for stage, part in distances[field]["stages"].items()
+                },
+                "parameters": parameters.get(field),
+            }
+            for field in fields
+        },
+        "efficiencies": {
+            label: {"efficiency": table.efficiency, "error": table.error} for label, table in efficiency_tables.items()
+        },
+        "seconds": None,
+    }
+    summary["seconds"] = round(time.perf_counter() - clock, 1)
+    arrays = {
+        "distances": distances,
+        "parameters": parameters,
+        "correlations": correlations,
+        "photon_id": photon_id,
+        "efficiencies": efficiency_tables,
+        "stages": stages,
+        "fields": fields,
+    }
+    return Report(summary=summary, arrays=arrays, scale_factor_sets=correction_sets)
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return _json_ready(value.tolist())
+    if isinstance(value, Mapping):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return None if not np.isfinite(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def write(output: Mapping[str, Any], folder: str | Path, *, classifier: bool = True) -> Path:
+    """Build the report and write ``folder``: figures, ``index.html``, ``summary.json`` and one
+    ``scale_factors_<method>.json`` per MC stage."""
+    import correctionlib.schemav2 as cs
+
+    from egproc import plots
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    report = build(output, classifier=classifier)
+    figures = plots.render(output, report, folder)
+    for stage, correction in report.scale_factor_sets.items():
+        efficiency.write_scale_factors(folder / f"scale_factors_{stage}.json", [correction])
+    report.summary["scale_factor_files"] = {stage: f"scale_factors_{stage}.json" for stage in report.scale_factor_sets}
+    (folder / "summary.json").write_text(json.dumps(_json_ready(report.summary), indent=2) + "\n")
+    (folder / "index.html").write_text(_html(report, figures))
+    return folder
+
+
+def _cell(value: float | None, floor: float | None = None, fmt: str = ".3g") -> str:
+    if value is None or not np.isfinite(value):
+        return "<td>–</td>"
+    good = floor is not None and value <= floor
+    return f'<td class="{"good" if good else ""}">{value:{fmt}}</td>'
+
+
+def _html(report: Report, figures: Mapping[str, Sequence[str]]) -> str:
+    summary = report.summary
+    stages = list(summary["methods"])
+    fields = report.arrays["fields"]
+    rows = []
+    for field in fields:
+        cells = "".join(_cell(summary["methods"][s]["variables"][field]["W1"]["ratio"], 1.5) for s in stages)
+        rows.append(f"<tr><th>{html.escape(field)}</th>{cells}</tr>")
+    for method in ("pearson", "spearman"):
+        for region in REGIONS:
+            floor = summary["methods"][stages[0]]["correlations"][region][f"floor_{method}"]
+            cells = "".join(
+                _cell(summary["methods"][s]["correlations"][region][f"max_abs_delta_{method}"], 2 * floor) for s in stages
+            )
+            rows.append(f"<tr><th>max |Δρ| {method.title()} {region} (floor {floor:.3g})</th>{cells}</tr>")
+    floor = summary["noise_floor"]["classifier_auc"]
+    if floor is not None:
+        cells = "".join(
+            f"<td>{summary['methods'][s]['classifier_auc']['auc']:.3f} ± {summary['methods'][s]['classifier_auc']['auc_std']:.3f}</td>"
+            for s in stages
+        )
+        rows.append(f"<tr><th>classifier AUC (data vs data2: {floor['auc']:.3f})</th>{cells}</tr>")
+    for region in REGIONS:
+        floor = summary["noise_floor"]["photon_id_L1"][region]
+        cells = "".join(_cell(summary["methods"][s]["photon_id"][region]["L1"], 1.5 * floor) for s in stages)
+        rows.append(f"<tr><th>ID score L1 {region} (floor {floor:.3g})</th>{cells}</tr>")
+    header = "".join(f"<th>{html.escape('uncorrected MC' if s == 'raw' else s)}</th>" for s in stages)
+    sections = []
+    for title, paths in figures.items():
+        images = "".join(f'<a href="{p}"><img src="{p}" loading="lazy"></a>' for p in paths)
+        sections.append(f"<h2>{html.escape(title)}</h2><div class='grid'>{images}</div>")
+    sf_links = " ".join(
+        f'<a href="{p}">{html.escape(s)}</a>' for s, p in summary.get("scale_factor_files", {}).items()
+    )
+    wp = ", ".join(
+        f"{name}: " + ", ".join(f"{r} mvaID ≥ {t:.2f}" for r, t in regions.items())
+        for name, regions in summary["working_points"].items()
+    )
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>egproc fidelity report</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; max-width: 1400px; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+th, td {{ border: 1px solid #bbb; padding: 4px 10px; text-align: right; }}
+th:first-child {{ text-align: left; }}
+td.good {{ background: #d8f0d8; }}
+.grid {{ display: flex; flex-wrap: wrap; gap: 8px; }}
+.grid img {{ width: 420px; }}
+</style></head><body>
+<h1>egproc fidelity report</h1>
+<p>Distances of MC to data, each relative to the data-vs-data2 noise floor (two independent data
+samples of the same size). Per variable: the worst (pT, |η_SC|) bin's W₁ / floor, over bins with at
+least {summary["min_bin_entries"]} data probes (green: ≤ 1.5). Correlations: max |Δρ| of the Pearson
+and Spearman matrices (green: ≤ 2 × floor; Pearson is sensitive to the isolation tails, so its floor is
+large where they are sparse). Classifier: ROC AUC of a gradient-boosted classifier separating MC from
+data with all variables and (pT, η_SC, φ, ρ), on a held-out split, mean ± spread of
+{len(CLASSIFIER_SEEDS)} seeds (0.5 = indistinguishable). Details in <a href="summary.json">summary.json</a>.</p>
+<table><tr><th></th>{header}</tr>{''.join(rows)}</table>
+<p>Working points (80 % and 90 % data efficiency, sideband-subtracted): {html.escape(wp)}.
+Scale factors (CMS EGM JSON: ValType, WorkingPoint, eta, pt): {sf_links}.</p>
+{''.join(sections)}
+<p>Report computed in {summary["seconds"]} s.</p>
+</body></html>
+"""

@@ -328,7 +328,9 @@ def _restore(path: str, manifest_sha256: str, device: str, batch_size: int) -> B
     key = (path, manifest_sha256, device, batch_size)
     cached = _bundles.get(key)
     if cached is None:
-        cached = load(path, device=device, batch_size=batch_size, expected_sha256=manifest_sha256)
+        # The client checked the models' signatures when it loaded the bundle; a worker only
+        # re-verifies checksums, so a GPU worker holds its models on the GPU alone.
+        cached = load(path, device=device, batch_size=batch_size, expected_sha256=manifest_sha256, check_models=False)
         _bundles[key] = cached
     return cached
 
@@ -339,12 +341,14 @@ def load(
     device: str = "auto",
     batch_size: int = 65536,
     expected_sha256: str | None = None,
+    check_models: bool = True,
 ) -> Bundle:
     """Open a bundle folder, verify every file's checksum and every model's signature.
 
     ``device`` (``auto``, ``cpu``, ``cuda:N``) is resolved where the correction runs, so a bundle
     loaded on a laptop runs on a worker's GPU. Raises :class:`egproc.engine.ChecksumError` naming the
-    file for any modified artefact.
+    file for any modified artefact. ``check_models=False`` skips the probe evaluation of each model
+    (used where a bundle is restored on a worker, after the client has checked it).
     """
     folder = Path(path).resolve()
     manifest_path = folder / MANIFEST
@@ -369,7 +373,8 @@ def load(
                 f"bundle {manifest.name!r}: {file} has sha256 {actual}, but bundle.json records "
                 f"{artefact.sha256}; the file was modified or corrupted, refusing to load the bundle"
             )
-    _check_signatures(bundle)
+    if check_models:
+        _check_signatures(bundle)
     return bundle
 
 

@@ -164,7 +164,7 @@ def _correlations(output: Mapping[str, Any], stages: Sequence[str], fields_by_re
             mc, _, weight = _columns(output, "mc", stage, fields, region)
             stage_entry = {}
             for method in ("pearson", "spearman"):
-                delta, worst = metrics.correlation_difference(data, mc, None, weight, method=method)
+                delta, worst = metrics.correlation_difference(mc, data, weight, None, method=method)  # ρ_MC − ρ_data
                 stage_entry[method] = {"delta": delta, "max_abs_delta": float(worst)}
             entry["stages"][stage] = stage_entry
         result[region] = entry

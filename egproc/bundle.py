@@ -71,7 +71,11 @@ class ArtefactFile(_Model):
 class CorrectionlibStep(_Model):
     """Evaluate a correction of the bundle's CorrectionSet and write its result to ``output``.
 
-    ``inputs`` are the branches fed to the correction's inputs, in the correction's order.
+    ``inputs`` are the branches fed to the correction's inputs, in the correction's order; ``int``
+    inputs receive the exact integers (run, luminosityBlock, event), ``real`` inputs doubles. A
+    correctionlib ``hashprng`` node over (run, luminosityBlock, event, the object's raw pT, η, φ)
+    gives per-object random numbers that depend on nothing else: not on chunking, workers, or
+    which selection of the collection is corrected.
     """
 
     kind: Literal["correctionlib"] = "correctionlib"
@@ -80,6 +84,7 @@ class CorrectionlibStep(_Model):
     output: str
     region: StepRegion = "all"
     variation: str = "nominal"
+    keep: bool = Field(True, description="write the output back as a field (False: used by later steps only)")
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -95,6 +100,7 @@ class TorchScriptStep(_Model):
     outputs: tuple[str, ...]
     region: StepRegion = "all"
     variation: str = "nominal"
+    keep: bool = Field(True, description="write the outputs back as fields (False: used by later steps only)")
 
 
 Step = Annotated[Union[CorrectionlibStep, TorchScriptStep], Field(discriminator="kind")]
@@ -203,12 +209,14 @@ class Bundle:
         return tuple(s for s in self.manifest.steps if s.variation == variation)
 
     def step_branches(self, variation: str = "nominal") -> tuple[str, ...]:
-        """The branches the steps of ``variation`` read (the region needs supercluster η)."""
+        """The branches the steps of ``variation`` read from the input (the region needs
+        supercluster η); columns an earlier step produces are not read."""
         branches: list[str] = []
+        produced: set[str] = set()
         for step in self.steps(variation):
-            branches.extend(step.inputs)
-            if step.region != "all":
-                branches.append(f"{self.manifest.collection}_superclusterEta")
+            needed = [*step.inputs, *([f"{self.manifest.collection}_superclusterEta"] if step.region != "all" else [])]
+            branches.extend(b for b in needed if b not in produced)
+            produced.update(step.outputs)
         return tuple(dict.fromkeys(branches))
 
     def required_branches(self, variation: str = "nominal") -> tuple[str, ...]:
@@ -280,7 +288,7 @@ class _Variation:
 
     @property
     def outputs(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(o for s in self.bundle.steps(self.variation) for o in s.outputs))
+        return tuple(dict.fromkeys(o for s in self.bundle.steps(self.variation) if s.keep for o in s.outputs))
 
     def evaluate(self, columns: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray]:
         bundle = self.bundle
@@ -300,22 +308,23 @@ class _Variation:
             covered |= rows
             inputs = [current[b][rows] for b in step.inputs]
             if isinstance(step, CorrectionlibStep):
-                corrected = bundle.correction_set[step.correction].evaluate(
-                    *[x.astype(np.float64) for x in inputs]
+                correction = bundle.correction_set[step.correction]
+                corrected = correction.evaluate(
+                    *[x.astype(np.int64 if v.type == "int" else np.float64) for x, v in zip(inputs, correction.inputs)]
                 )
                 results = {step.output: np.asarray(corrected, dtype=np.float32)}
             else:
                 module = engine.load_artefact(bundle._file(step.model), step.model.sha256, device)
                 matrix = engine.run_batched(
                     module,
-                    np.stack(inputs, axis=1),
+                    np.stack(inputs, axis=1).astype(np.float32, copy=False),
                     len(step.outputs),
                     device=device,
                     batch_size=bundle.batch_size,
                 )
                 results = {name: matrix[:, j] for j, name in enumerate(step.outputs)}
             for branch, values in results.items():
-                column = current[branch].copy() if branch in current else np.full(n_rows, np.nan, np.float32)
+                column = current[branch].astype(np.float32) if branch in current else np.full(n_rows, np.nan, np.float32)
                 column[rows] = values
                 current[branch] = column
         return {b: current[b] for b in self.outputs}, covered

@@ -3,7 +3,7 @@
 The path of one chunk::
 
     collection (eager, virtual or dask-awkward) + event-level branches
-      → one flat float32 column per input branch        (ak.flatten + to_numpy; event-level: np.repeat)
+      → one flat column per input branch                (ak.flatten + to_numpy; event-level: np.repeat)
       → rows with a non-finite input are set aside      (passed through, flagged)
       → the correction's ``evaluate`` on the rest       (models run in micro-batches on the device)
       → outputs written back with the original counts   (ak.unflatten + ak.with_field; raw_* kept)
@@ -82,9 +82,10 @@ class InputTypeError(TypeError):
 class FlatCorrection(Protocol):
     """What :func:`apply_columnar` applies.
 
-    ``evaluate`` receives one float32 array per input branch (all rows finite) and returns one
-    float32 array per output branch plus a boolean ``covered`` mask; rows not covered (outside every
-    region or validity range of the correction) are passed through by the engine.
+    ``evaluate`` receives one array per input branch in the branch's dtype (floating columns all
+    finite) and returns one float32 array per output branch plus a boolean ``covered`` mask; rows
+    not covered (outside every region or validity range of the correction) are passed through by
+    the engine.
     """
 
     collection: str
@@ -289,15 +290,17 @@ def _object_depth(collection: Any) -> int:
 
 
 def _flat_numbers(array: Any, depth: int, branch: str, collection_name: str) -> np.ndarray:
+    """One flat numpy column per branch, in the branch's own dtype: integers (run, event numbers)
+    stay exact; each step casts to what it consumes (float32 for models)."""
     flat = ak.flatten(array, axis=1) if depth == 2 else array
     if flat.ndim != 1 or flat.fields:
         raise InputTypeError(
             f"{branch}: expected one number per {collection_name} object, got type {array.type}"
         )
-    values = ak.to_numpy(ak.fill_none(flat, np.nan))
+    values = ak.to_numpy(ak.fill_none(flat, np.nan) if flat.layout.is_option else flat)
     if not (np.issubdtype(values.dtype, np.number) or values.dtype == np.bool_):
         raise InputTypeError(f"{branch}: expected a numeric branch, got dtype {values.dtype}")
-    return values.astype(np.float32, copy=False)
+    return values
 
 
 def _apply_partition(
@@ -329,7 +332,7 @@ def _apply_partition(
             nano.fetch(column, collection, None), depth, column.branch, correction.collection
         )
     for column, array in zip(event_columns, event_arrays):
-        per_event = ak.to_numpy(array).astype(np.float32, copy=False)
+        per_event = ak.to_numpy(array)
         if per_event.ndim != 1:
             raise InputTypeError(f"{column.branch}: expected one number per event, got {array.type}")
         flat[column.branch] = np.repeat(per_event, counts) if counts is not None else per_event
@@ -338,11 +341,12 @@ def _apply_partition(
     status = np.zeros(n_objects, dtype=np.uint8)
     finite = np.ones(n_objects, dtype=bool)
     for values in flat.values():
-        finite &= np.isfinite(values)
+        if np.issubdtype(values.dtype, np.floating):
+            finite &= np.isfinite(values)
     status[~finite] |= STATUS_INPUT_NOT_FINITE
 
     outputs = {
-        branch: (flat[branch].copy() if branch in flat else np.full(n_objects, np.nan, np.float32))
+        branch: (flat[branch].astype(np.float32) if branch in flat else np.full(n_objects, np.nan, np.float32))
         for branch in correction.outputs
     }
     if finite.any():

@@ -250,7 +250,7 @@ class Bundle:
         weight = weights[name]
         columns = nano.locate(weight.inputs, self.manifest.collection, events, events)
         arrays = [nano.fetch(columns[b], None, events) for b in weight.inputs]
-        if engine._is_dask(arrays[0]):
+        if engine.is_dask(arrays[0]):
             import dask_awkward as dak
 
             return dak.map_partitions(

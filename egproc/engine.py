@@ -47,6 +47,7 @@ __all__ = [
     "ModelSignatureError",
     "InputTypeError",
     "FlatCorrection",
+    "is_dask",
     "sha256_of",
     "resolve_device",
     "load_artefact",
@@ -270,7 +271,8 @@ def run_batched(
 # --------------------------------------------------------------------------------------------
 
 
-def _is_dask(array: Any) -> bool:
+def is_dask(array: Any) -> bool:
+    """Whether ``array`` is a dask-awkward collection (a graph) rather than an awkward array."""
     return type(array).__module__.startswith("dask_awkward")
 
 
@@ -425,7 +427,7 @@ def apply_columnar(
     event_columns = [c for c in columns.values() if c.level == "event"]
     event_arrays = [nano.fetch(c, None, events) for c in event_columns]
     ordered = tuple(c for c in columns.values() if c.level == "object") + tuple(event_columns)
-    if _is_dask(collection):
+    if is_dask(collection):
         import dask_awkward as dak
 
         return dak.map_partitions(

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from egproc import metrics, report
-from egproc.variables import variable
+from egproc.variables import REGION_ETA_BINS, variable
 
 __all__ = [
     "group_samples",
@@ -122,13 +122,13 @@ def agreement_rows(
         spec = variable(field)
         stages = list(histograms[field].axes["stage"])
         edges = histograms[field].axes["value"].edges
-        for region, eta_slice in (("EB", slice(0, 2)), ("EE", slice(3, 5))):
+        for region, eta_bins in REGION_ETA_BINS.items():
             if region not in spec.regions:
                 continue
 
             def values(dataset: str, stage: str) -> np.ndarray:
                 h = output[dataset]["histograms"][field][{"stage": stage}]
-                return h.values()[:, eta_slice, :].sum(axis=(0, 1))
+                return h.values()[:, list(eta_bins), :].sum(axis=(0, 1))
 
             target = values(data, "raw")
             row = {"variable": field, "region": region}

@@ -21,12 +21,12 @@ import numpy as np
 
 from egproc import metrics
 from egproc.variables import ABS_ETA_EDGES, PT_EDGES, variable
+from egproc.variables import REGION_ETA_BINS as REGION_BINS
 
 __all__ = ["render"]
 
 DATA_STYLE = {"color": "black", "marker": "o", "markersize": 3, "linestyle": "none"}
 STAGE_COLOURS = ["#e42536", "#5790fc", "#f89c20", "#964a8b", "#9c9ca1", "#7a21dd"]
-REGION_BINS = {"EB": (0, 1), "EE": (3, 4)}
 
 
 def _label(ax: Any) -> None:

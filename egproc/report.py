@@ -39,14 +39,15 @@ from typing import Any
 import numpy as np
 
 from egproc import corefit, efficiency, metrics, twosample
-from egproc.variables import ABS_ETA_EDGES, PT_EDGES, variable
+from egproc.nano import region_mask
+from egproc.variables import ABS_ETA_EDGES, PT_EDGES, REGION_ETA_BINS, variable
 
 __all__ = ["MIN_BIN_ENTRIES", "REGIONS", "Report", "build", "write"]
 
 #: (pT, |η|) bins with fewer data probes are shown but do not enter the worst-bin headline.
 MIN_BIN_ENTRIES = 500
-#: Regions and their |η| bins (indices into ABS_ETA_EDGES); the transition bin belongs to neither.
-REGIONS: Mapping[str, tuple[int, ...]] = {"EB": (0, 1), "EE": (3, 4)}
+#: Regions and their |η| bins; the transition bin belongs to neither.
+REGIONS: Mapping[str, tuple[int, ...]] = REGION_ETA_BINS
 KINEMATICS = ("pt", "superclusterEta", "phi", "rho")
 #: Classifier-test budget: rows per sample and seeds (the spread over seeds is reported).
 CLASSIFIER_ROWS = 30_000
@@ -61,12 +62,6 @@ class Report:
     summary: dict[str, Any]
     arrays: dict[str, Any]
     scale_factor_sets: dict[str, Any]
-
-
-def _region_of(super_cluster_eta: np.ndarray, region: str) -> np.ndarray:
-    abs_eta = np.abs(super_cluster_eta)
-    low, high = ABS_ETA_EDGES[REGIONS[region][0]], ABS_ETA_EDGES[REGIONS[region][-1] + 1]
-    return (abs_eta >= low) & (abs_eta < high)
 
 
 def _variables(output: Mapping[str, Any]) -> list[str]:
@@ -144,7 +139,7 @@ def _core_parameters(output: Mapping[str, Any], field: str, stages: Sequence[str
 
 def _columns(output: Mapping[str, Any], dataset: str, stage: str, fields: Sequence[str], region: str):
     probes = output[dataset]["probes"]
-    keep = _region_of(probes["superclusterEta"], region)
+    keep = region_mask(probes["superclusterEta"], region)
     matrix = np.stack([probes[f"{stage}/{f}"][keep] for f in fields], axis=1).astype(np.float64)
     kinematics = np.stack([probes[k][keep] for k in KINEMATICS], axis=1).astype(np.float64)
     return matrix, kinematics, probes["weight"][keep].astype(np.float64)
@@ -178,7 +173,7 @@ def _classifier(output: Mapping[str, Any], stages: Sequence[str], fields: Sequen
 
     def features(dataset: str, stage: str) -> tuple[np.ndarray, np.ndarray]:
         probes = output[dataset]["probes"]
-        keep = _region_of(probes["superclusterEta"], "EB") | _region_of(probes["superclusterEta"], "EE")
+        keep = region_mask(probes["superclusterEta"], "EB") | region_mask(probes["superclusterEta"], "EE")
         columns = [probes[f"{stage}/{f}"] for f in fields] + [probes[k] for k in KINEMATICS]
         return np.stack(columns, axis=1)[keep].astype(np.float64), probes["weight"][keep].astype(np.float64)
 
@@ -209,7 +204,7 @@ def _photon_id(output: Mapping[str, Any], stages: Sequence[str]) -> dict[str, An
         probes = output[dataset]["probes"]
         score, weight = probes[f"{stage}/mvaID"], probes["weight"]
         for region in REGIONS:
-            keep = _region_of(probes["superclusterEta"], region)
+            keep = region_mask(probes["superclusterEta"], region)
             result["histograms"][(label, region)] = np.histogram(np.clip(score[keep], -1, 1), edges, weights=weight[keep])[0]
         for name, bins in profile_edges.items():
             index = np.digitize(probes[name], bins) - 1

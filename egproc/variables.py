@@ -17,6 +17,7 @@ __all__ = [
     "PHOTON_VARIABLES",
     "PT_EDGES",
     "ABS_ETA_EDGES",
+    "REGION_ETA_BINS",
     "variable",
 ]
 
@@ -61,6 +62,8 @@ PHOTON_VARIABLES: tuple[Variable, ...] = SHOWER_SHAPES + PRESHOWER + ISOLATIONS
 #: the barrel/endcap transition, kept as its own category so it never mixes into EB or EE.
 PT_EDGES: tuple[float, ...] = (20.0, 30.0, 37.0, 43.0, 50.0, 65.0, 200.0)
 ABS_ETA_EDGES: tuple[float, ...] = (0.0, 0.8, 1.4442, 1.566, 2.0, 2.5)
+#: The |η| bins (indices into ABS_ETA_EDGES) of each ECAL region; the transition bin is in neither.
+REGION_ETA_BINS: dict[str, tuple[int, ...]] = {"EB": (0, 1), "EE": (3, 4)}
 
 
 def variable(field: str) -> Variable:

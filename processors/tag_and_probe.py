@@ -30,7 +30,7 @@ import hist.dask
 import numpy as np
 from coffea import processor
 
-from egproc import nano
+from egproc import engine, nano
 from egproc.bundle import Bundle
 from egproc.probes import MASS_WINDOW, TRIGGER, WIDE_MASS_WINDOW, tag_probe_pairs
 from egproc.toy import MVA_INPUTS, toy_mva_id
@@ -95,7 +95,7 @@ class TagAndProbeProcessor(processor.ProcessorABC):
     def process(self, events: Any) -> dict[str, Any]:
         dataset = events.metadata.get("dataset", "unknown")
         is_mc = "genWeight" in events.fields
-        dask_mode = type(events).__module__.startswith("dask_awkward")
+        dask_mode = engine.is_dask(events)
 
         pairs = tag_probe_pairs(events, WIDE_MASS_WINDOW, trigger=self.trigger)
         # Every histogrammed branch must exist: fail on the first chunk, naming it, not mid-fill.

@@ -1,7 +1,9 @@
 """Tag-and-probe processor wall time with and without a correction, on a local dask cluster.
 
 Generates a toy MC sample, derives fudge factors, then times ``apply_to_fileset`` + ``dask.compute``
-of the processor without a bundle and with it (best of ``--repeat``), on ``--workers`` processes.
+of the processor without a bundle, with the fudge factors, and with the shipped CQR chain
+(``corrections/toy-cqr``: EB and EE modules, every data and MC network), best of ``--repeat``, on
+``--workers`` processes. Each corrected configuration also fills the histograms of its stage.
 
     python benchmarks/processor.py --events 400000 --workers 2
 """
@@ -32,9 +34,11 @@ def main() -> None:
         paths = toy.generate_samples(Path(tmp), args.events, seed=5, files_per_sample=args.workers, workers=args.workers)
         files = pipeline.group_samples(paths)
         bundle = egproc.load(fudge.train(files["data"], files["mc"], Path(tmp) / "fudge"))
+        cqr = egproc.load(Path(__file__).resolve().parents[1] / "corrections" / "toy-cqr")
         configurations = {
             "uncorrected": TagAndProbeProcessor(None),
             "fudge (correctionlib)": TagAndProbeProcessor(bundle),
+            "cqr (TorchScript chain)": TagAndProbeProcessor(cqr),
         }
         with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, Client(cluster) as client:
             pipeline.run_with_dask(configurations["uncorrected"], {"mc": files["mc"]}, step_size=args.step_size, scheduler=client)  # warm-up

@@ -39,6 +39,7 @@ from egproc import engine, nano
 __all__ = [
     "FORMAT_VERSION",
     "ArtefactFile",
+    "Validity",
     "CorrectionlibStep",
     "TorchScriptStep",
     "EventWeight",
@@ -68,6 +69,14 @@ class ArtefactFile(_Model):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
+class Validity(_Model):
+    """A correction of the CorrectionSet that is > 0 where a step's models are valid (e.g. the
+    training range in pT and ρ); other objects are passed through and flagged not covered."""
+
+    correction: str
+    inputs: tuple[str, ...]
+
+
 class CorrectionlibStep(_Model):
     """Evaluate a correction of the bundle's CorrectionSet and write its result to ``output``.
 
@@ -85,6 +94,7 @@ class CorrectionlibStep(_Model):
     region: StepRegion = "all"
     variation: str = "nominal"
     keep: bool = Field(True, description="write the output back as a field (False: used by later steps only)")
+    validity: Validity | None = None
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -101,6 +111,7 @@ class TorchScriptStep(_Model):
     region: StepRegion = "all"
     variation: str = "nominal"
     keep: bool = Field(True, description="write the outputs back as fields (False: used by later steps only)")
+    validity: Validity | None = None
 
 
 Step = Annotated[Union[CorrectionlibStep, TorchScriptStep], Field(discriminator="kind")]
@@ -214,7 +225,11 @@ class Bundle:
         branches: list[str] = []
         produced: set[str] = set()
         for step in self.steps(variation):
-            needed = [*step.inputs, *([f"{self.manifest.collection}_superclusterEta"] if step.region != "all" else [])]
+            needed = [
+                *step.inputs,
+                *([f"{self.manifest.collection}_superclusterEta"] if step.region != "all" else []),
+                *(step.validity.inputs if step.validity is not None else ()),
+            ]
             branches.extend(b for b in needed if b not in produced)
             produced.update(step.outputs)
         return tuple(dict.fromkeys(branches))
@@ -303,15 +318,18 @@ class _Variation:
                 if step.region == "all"
                 else _region_rows(current[eta_branch], step.region)
             )
+            if step.validity is not None and rows.any():
+                candidates = np.flatnonzero(rows)
+                validity = bundle.correction_set[step.validity.correction]
+                inside = _evaluate(validity, {b: current[b][candidates] for b in step.validity.inputs}, step.validity.inputs)
+                rows[candidates[inside <= 0]] = False
             if not rows.any():
                 continue
-            covered |= rows
+            if step.keep:  # an internal column (keep=False) corrects nothing by itself
+                covered |= rows
             inputs = [current[b][rows] for b in step.inputs]
             if isinstance(step, CorrectionlibStep):
-                correction = bundle.correction_set[step.correction]
-                corrected = correction.evaluate(
-                    *[x.astype(np.int64 if v.type == "int" else np.float64) for x, v in zip(inputs, correction.inputs)]
-                )
+                corrected = _evaluate(bundle.correction_set[step.correction], {b: current[b][rows] for b in step.inputs}, step.inputs)
                 results = {step.output: np.asarray(corrected, dtype=np.float32)}
             else:
                 module = engine.load_artefact(bundle._file(step.model), step.model.sha256, device)
@@ -328,6 +346,13 @@ class _Variation:
                 column[rows] = values
                 current[branch] = column
         return {b: current[b] for b in self.outputs}, covered
+
+
+def _evaluate(correction: Any, columns: Mapping[str, np.ndarray], branches: Sequence[str]) -> np.ndarray:
+    """A correctionlib correction on columns: exact integers for ``int`` inputs, doubles otherwise."""
+    return correction.evaluate(
+        *[columns[b].astype(np.int64 if v.type == "int" else np.float64) for b, v in zip(branches, correction.inputs)]
+    )
 
 
 _bundles: dict[tuple[str, str, str, int], Bundle] = {}
@@ -393,6 +418,15 @@ def _check_signatures(bundle: Bundle) -> None:
     cset = bundle.correction_set
     names = set(cset.keys())
     for step in bundle.manifest.steps:
+        if step.validity is not None:
+            if step.validity.correction not in names:
+                raise KeyError(f"bundle {bundle.name!r}: validity correction {step.validity.correction!r} is missing")
+            declared = len(cset[step.validity.correction].inputs)
+            if declared != len(step.validity.inputs):
+                raise engine.ModelSignatureError(
+                    f"bundle {bundle.name!r}: validity correction {step.validity.correction!r} takes {declared} "
+                    f"inputs, the step feeds {len(step.validity.inputs)}"
+                )
         if isinstance(step, CorrectionlibStep):
             if step.correction not in names:
                 raise KeyError(f"bundle {bundle.name!r}: correction {step.correction!r} is not in the CorrectionSet")

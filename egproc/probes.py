@@ -147,9 +147,8 @@ def read_probes(
         for branch, column in located.items():
             values = nano.fetch(column, probes, events)
             flat = ak.to_numpy(ak.flatten(values) if column.level == "object" else values)
-            columns[branch].append(
-                (np.repeat(flat, counts) if column.level == "event" else flat).astype(np.float32)
-            )
+            # Native dtypes: float32 shower shapes stay as written, event numbers stay exact.
+            columns[branch].append(np.repeat(flat, counts) if column.level == "event" else flat)
         event_weight = ak.to_numpy(events.genWeight) if file_is_mc else np.ones(len(counts))
         weights.append(np.repeat(event_weight.astype(np.float64), counts))
     if is_mc is None:

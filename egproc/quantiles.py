@@ -47,7 +47,9 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["LEVELS", "QuantileNetwork", "QuantileMorph", "pinball_loss", "fit"]
+from egproc import training
+
+__all__ = ["LEVELS", "QuantileNetwork", "QuantileMorph", "quantile_function", "pinball_loss", "fit"]
 
 #: Floor on the step between consecutive quantiles, in units of the target scale.
 MIN_STEP = 1e-4
@@ -58,7 +60,8 @@ LEVELS: tuple[float, ...] = (0.01, *(round(0.05 * k, 2) for k in range(1, 20)), 
 class QuantileNetwork(nn.Module):
     """x [n, d] → non-crossing quantiles [n, K] of y | x (module docstring).
 
-    ``input_mean``/``input_scale`` standardise x; ``target_location``/``target_scale`` set the units
+    ``input_mean``/``input_scale`` standardise x, after clamping it to [``input_low``, ``input_high``]
+    (the training range, see :meth:`for_sample`); ``target_location``/``target_scale`` set the units
     of y, so the network works on O(1) numbers whatever the variable. Untrained, it predicts the
     quantiles of N(target_location, target_scale²) for every x; ``seed`` fixes the initial weights.
     """
@@ -72,6 +75,8 @@ class QuantileNetwork(nn.Module):
         levels: Sequence[float] = LEVELS,
         hidden: Sequence[int] = (64, 64),
         seed: int | None = None,
+        input_low: Sequence[float] | None = None,
+        input_high: Sequence[float] | None = None,
     ):
         super().__init__()
         if list(levels) != sorted(levels) or len(set(levels)) != len(levels):
@@ -81,10 +86,30 @@ class QuantileNetwork(nn.Module):
         self.register_buffer("levels", torch.tensor(list(levels), dtype=torch.float32))
         self.register_buffer("input_mean", torch.tensor(list(input_mean), dtype=torch.float32))
         self.register_buffer("input_scale", torch.tensor(list(input_scale), dtype=torch.float32))
+        n_inputs = len(input_mean)
+        low = [-np.inf] * n_inputs if input_low is None else list(input_low)
+        high = [np.inf] * n_inputs if input_high is None else list(input_high)
+        self.register_buffer("input_low", torch.tensor(low, dtype=torch.float32))
+        self.register_buffer("input_high", torch.tensor(high, dtype=torch.float32))
         self.register_buffer("target_location", torch.tensor(float(target_location)))
         self.register_buffer("target_scale", torch.tensor(float(target_scale)))
         self.min_step = MIN_STEP
         self.centre = int(np.argmin(np.abs(np.asarray(levels, dtype=np.float64) - 0.5)))
+        # The outward cumulative sums as one matrix: quantile k = Σ_j v_j A[j, k] with v the
+        # median and the positive steps (one small matmul, several times faster than cumsums of
+        # flipped slices on CPU).
+        n_levels = len(levels)
+        outward = np.zeros((n_levels, n_levels), dtype=np.float32)
+        outward[self.centre, :] = 1.0
+        for k in range(n_levels):
+            if k > self.centre:
+                outward[self.centre + 1 : k + 1, k] = 1.0
+            elif k < self.centre:
+                outward[k : self.centre, k] = -1.0
+        self.register_buffer("outward", torch.from_numpy(outward))
+        is_median = np.zeros(n_levels, dtype=bool)
+        is_median[self.centre] = True
+        self.register_buffer("is_median", torch.from_numpy(is_median))
         with torch.random.fork_rng():
             if seed is not None:
                 torch.manual_seed(seed)
@@ -123,26 +148,40 @@ class QuantileNetwork(nn.Module):
         seed: int | None = None,
     ) -> "QuantileNetwork":
         """A network standardised on a training sample: x by mean and standard deviation, y by
-        median and IQR/1.349 (the σ of a Gaussian with that IQR); initial weights from ``seed``."""
+        median and IQR/1.349 (the σ of a Gaussian with that IQR); inputs clamped to the sample's
+        range; initial weights from ``seed``."""
         x = np.asarray(x, dtype=np.float64)
         scale = x.std(axis=0)
         q25, q50, q75 = np.quantile(np.asarray(y, dtype=np.float64), [0.25, 0.5, 0.75])
         spread = (q75 - q25) / 1.349 or float(np.std(y)) or 1.0
-        return cls(x.mean(axis=0), np.where(scale > 0, scale, 1.0), q50, spread, levels, hidden, seed)
+        return cls(
+            x.mean(axis=0), np.where(scale > 0, scale, 1.0), q50, spread, levels, hidden, seed,
+            input_low=x.min(axis=0), input_high=x.max(axis=0),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        raw = self.net((x - self.input_mean) / self.input_scale)
-        c = self.centre
-        median = raw[:, c : c + 1]
-        above = torch.cumsum(nn.functional.softplus(raw[:, c + 1 :]) + self.min_step, dim=1)
-        below_steps = torch.flip(nn.functional.softplus(raw[:, :c]) + self.min_step, [1])
-        below = torch.flip(torch.cumsum(below_steps, dim=1), [1])
-        standard = torch.cat([median - below, median, median + above], dim=1)
-        return self.target_location + self.target_scale * standard
+        # No extrapolation in the inputs: beyond the training range an MLP's output grows without
+        # bound, and in a chain one wild value would feed every later network.
+        inside = torch.clamp(x, self.input_low, self.input_high)
+        raw = self.net((inside - self.input_mean) / self.input_scale)
+        increments = torch.where(self.is_median, raw, nn.functional.softplus(raw) + self.min_step)
+        return self.target_location + self.target_scale * (increments @ self.outward)
 
 
 class QuantileMorph(nn.Module):
-    """y [n], source quantiles [n, K], target quantiles [n, K] → F_t⁻¹(F_s(y)) [n] (module docstring)."""
+    """y [n], source quantiles [n, K], target quantiles [n, K] → F_t⁻¹(F_s(y)) [n] (module docstring).
+
+    ``tails="shift"`` replaces the linear continuation beyond the outermost quantiles by a shift,
+    y' = y + (q^t − q^s) at the nearest outermost level. Use it where the slope of the outermost
+    segments is poorly constrained and values lie far out, e.g. ln y of a heavy-tailed positive
+    variable, where it keeps the ratio y'/y fixed instead of raising y to a power.
+    """
+
+    def __init__(self, tails: str = "linear"):
+        super().__init__()
+        if tails not in ("linear", "shift"):
+            raise ValueError(f"tails must be 'linear' or 'shift', got {tails!r}")
+        self.shift_tails = tails == "shift"
 
     def forward(self, y: torch.Tensor, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         n_levels = source.shape[1]
@@ -156,7 +195,26 @@ class QuantileMorph(nn.Module):
         width = s_high - s_low
         # A segment of zero width (equal source quantiles) maps everything in it to its lower end.
         slope = torch.where(width > 0, (t_high - t_low) / width, torch.zeros_like(width))
-        return t_low + (y - s_low) * slope
+        morphed = t_low + (y - s_low) * slope
+        if self.shift_tails:
+            below = y < source[:, 0]
+            above = y > source[:, n_levels - 1]
+            morphed = torch.where(below, y + target[:, 0] - source[:, 0], morphed)
+            morphed = torch.where(above, y + target[:, n_levels - 1] - source[:, n_levels - 1], morphed)
+        return morphed
+
+
+def quantile_function(quantiles: torch.Tensor, levels: torch.Tensor, probability: torch.Tensor) -> torch.Tensor:
+    """F⁻¹(p) per object [n] from its quantiles [n, K] at ``levels`` [K]: the piecewise-linear
+    interpolation of (τ_k, q_k), continued linearly beyond the outermost levels as in the morphing
+    (so draws below τ_1 or above τ_K extend the 0.01–0.05 and 0.95–0.99 segments)."""
+    n_levels = levels.shape[0]
+    upper = torch.searchsorted(levels, probability.contiguous(), right=True).clamp(1, n_levels - 1)
+    lower = upper - 1
+    q_low = quantiles.gather(1, lower.unsqueeze(1)).squeeze(1)
+    q_high = quantiles.gather(1, upper.unsqueeze(1)).squeeze(1)
+    tau_low, tau_high = levels[lower], levels[upper]
+    return q_low + (probability - tau_low) * (q_high - q_low) / (tau_high - tau_low)
 
 
 def pinball_loss(
@@ -183,34 +241,13 @@ def fit(
     device: str = "cpu",
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> list[float]:
-    """Train ``network`` by minimising the pinball loss with Adam; returns the loss per epoch.
+    """Train ``network`` by minimising the pinball loss (:func:`egproc.training.minimise`);
+    returns the loss per epoch."""
 
-    Deterministic on CPU for a given seed and a network built with a given seed (the shuffling uses
-    its own generator). ``on_epoch`` receives (epoch, mean loss), e.g. to drive a progress bar.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    network.to(device).train()
-    inputs = torch.as_tensor(np.asarray(x, dtype=np.float32), device=device)
-    targets = torch.as_tensor(np.asarray(y, dtype=np.float32), device=device)
-    sample_weights = None if weights is None else torch.as_tensor(np.asarray(weights, dtype=np.float32), device=device)
-    optimiser = torch.optim.Adam(network.parameters(), lr=learning_rate)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(epochs, 1))
-    history = []
-    for epoch in range(epochs):
-        order = torch.randperm(inputs.shape[0], generator=generator).to(device)
-        total, count = 0.0, 0
-        for start in range(0, inputs.shape[0], batch_size):  # loop over mini-batches, not objects
-            rows = order[start : start + batch_size]
-            batch_weights = None if sample_weights is None else sample_weights[rows]
-            loss = pinball_loss(network(inputs[rows]), targets[rows], network.levels, batch_weights)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            total += float(loss.detach()) * rows.numel()
-            count += rows.numel()
-        schedule.step()
-        history.append(total / count)
-        if on_epoch is not None:
-            on_epoch(epoch, history[-1])
-    network.eval()
-    return history
+    def loss(predicted: torch.Tensor, target: torch.Tensor, batch_weights: torch.Tensor | None) -> torch.Tensor:
+        return pinball_loss(predicted, target, network.levels, batch_weights)
+
+    return training.minimise(
+        network, loss, x, y, weights, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+        seed=seed, device=device, on_epoch=on_epoch,
+    )

@@ -47,7 +47,9 @@ class TagAndProbeProcessor(processor.ProcessorABC):
     Parameters
     ----------
     corrections:
-        Bundles applied to MC probes, by stage name (a single bundle is named by its method).
+        Bundles applied to MC probes, by stage name (a single bundle is named by its method). A
+        stage is a bundle (its nominal variation) or a (bundle, variation) pair, e.g.
+        ``{"cqr": b, "cqr_up": (b, "up"), "cqr_down": (b, "down")}``.
     variables:
         Photon fields to histogram (default: every shower-shape, preshower and isolation variable,
         corrected or not, so what a correction leaves alone stays visible).
@@ -66,7 +68,7 @@ class TagAndProbeProcessor(processor.ProcessorABC):
 
     def __init__(
         self,
-        corrections: Bundle | Mapping[str, Bundle] | None = None,
+        corrections: Bundle | Mapping[str, Bundle | tuple[Bundle, str]] | None = None,
         variables: tuple[str, ...] | None = None,
         mass_window: tuple[float, float] = MASS_WINDOW,
         trigger: str = TRIGGER,
@@ -76,7 +78,12 @@ class TagAndProbeProcessor(processor.ProcessorABC):
     ):
         if isinstance(corrections, Bundle):
             corrections = {corrections.manifest.method: corrections}
-        self.corrections = dict(corrections or {})
+        self.corrections: dict[str, tuple[Bundle, str]] = {}
+        for name, spec in (corrections or {}).items():
+            bundle, variation = (spec, "nominal") if isinstance(spec, Bundle) else spec
+            if variation not in bundle.variations:
+                raise ValueError(f"stage {name!r}: bundle {bundle.name!r} has no variation {variation!r}; it has {list(bundle.variations)}")
+            self.corrections[name] = (bundle, variation)
         if "raw" in self.corrections:
             raise ValueError("'raw' is the uncorrected stage; name the correction otherwise")
         self.variables = tuple(dict.fromkeys(variables or (v.field for v in PHOTON_VARIABLES)))
@@ -85,7 +92,7 @@ class TagAndProbeProcessor(processor.ProcessorABC):
         self.photon_id = photon_id
         self.photon_id_inputs = photon_id_inputs if photon_id is not None else ()
         if reweighting is None:
-            reweighting = next((b for b in self.corrections.values() if b.manifest.event_weights), None)
+            reweighting = next((b for b, _ in self.corrections.values() if b.manifest.event_weights), None)
         self.reweighting = reweighting
 
     @property
@@ -111,7 +118,7 @@ class TagAndProbeProcessor(processor.ProcessorABC):
 
         stages = {"raw": pairs.probe}
         if is_mc:
-            stages.update({name: b.apply(pairs.probe, events) for name, b in self.corrections.items()})
+            stages.update({name: b.apply(pairs.probe, events, variation=v) for name, (b, v) in self.corrections.items()})
         id_scores = {
             stage: probes.mvaID if stage == "raw" or self.photon_id is None else self.photon_id(probes, pair_rho)
             for stage, probes in stages.items()

@@ -182,3 +182,31 @@ def test_shipped_bundle_corrections_in_cpp(consumer, tmp_path):
     assert json_path.is_file(), f"{SHIPPED_BUNDLE} has no {CORRECTIONS}"
     rng = np.random.default_rng(3)
     assert_corrections_identical(consumer, json_path, lambda names: random_inputs(rng, names), tmp_path)
+
+
+def test_shipped_cqr_chain_in_libtorch(consumer, tmp_path):
+    """The whole CQR correction of a region (every network, the chain, the morphing and the
+    zero-peak migration) gives the same floats in libtorch C++ as in Python."""
+    folder = Path(__file__).resolve().parents[1] / "corrections" / "toy-cqr"
+    rng = np.random.default_rng(5)
+    n = 3000
+    for region, n_variables, n_uniforms in (("EB", 9, 3), ("EE", 11, 5)):
+        model_path = folder / f"cqr_{region}_nominal.pt"
+        eta = rng.uniform(0.0, 1.44, n) if region == "EB" else rng.uniform(1.57, 2.5, n)
+        conditions = np.column_stack([rng.uniform(20, 150, n), eta * rng.choice([-1, 1], n), rng.uniform(-np.pi, np.pi, n), rng.uniform(0, 45, n)])
+        # Plausible raw values (sieip around 0, fractions below 1, widths, isolations with zeros).
+        variables = np.abs(rng.normal(0.0, 1.0, (n, n_variables))) * 0.01 + 0.005
+        variables[:, 0] = rng.normal(0.0, 1e-4, n)
+        variables[:, 1:3] = rng.uniform(0.5, 1.0, (n, 2))
+        variables[:, -3:] = np.where(rng.random((n, 3)) < 0.4, 0.0, rng.exponential(2.0, (n, 3)))
+        x = np.column_stack([conditions, variables, rng.random((n, n_uniforms))]).astype(np.float32)
+        module = torch.jit.load(str(model_path))
+        with torch.no_grad():
+            expected = module(torch.from_numpy(x)).numpy()
+        input_path, output_path = tmp_path / f"{region}.in.bin", tmp_path / f"{region}.out.bin"
+        np.ascontiguousarray(x, dtype="<f4").tofile(input_path)
+        stdout = run_consumer(consumer, "torch", model_path, input_path, n, x.shape[1], output_path)
+        assert f"output shape: [{n}, {n_variables}]" in stdout
+        got = np.fromfile(output_path, dtype="<f4").reshape(n, n_variables)
+        assert np.all(np.isfinite(expected))
+        np.testing.assert_array_equal(got, expected)

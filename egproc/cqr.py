@@ -1,0 +1,755 @@
+"""Chained quantile regression (CQR): MC photon shower shapes and isolations morphed onto data.
+
+The CMS method (X. Chang et al., "Electromagnetic shower corrections in CMS", 2023; first used
+with one BDT per quantile in the Run-2 H→γγ analyses, then with one quantile network per
+variable). For each ECAL region (EB, EE) and each variable y_i of a fixed chain order:
+
+* learn the conditional quantiles (the 21 levels of :data:`egproc.quantiles.LEVELS`) of y_i in data
+  and in MC from x_i = [conditions, y_1, …, y_{i−1}], where the conditions are (pT, η_SC, φ, ρ)
+  and the previous variables are the data values for the data model and the *already corrected*
+  MC values for the MC model — so the chain trains sequentially and carries the correlations;
+* correct an MC object by quantile morphing, y_i' = F_data⁻¹(F_MC(y_i | x_i) | x_i)
+  (:class:`egproc.quantiles.QuantileMorph`: piecewise linear between the quantiles, the outermost
+  segments continued linearly beyond 1 % and 99 %).
+
+**Zero-peak variables** (isolations; the preshower variables, zero where no preshower hit) mix an
+exact-zero peak with a continuous tail, and a quantile morph would smear the peak. They get the
+treatment of the CMS isolation correction instead (:class:`ZeroPeakStep`): classifiers give the peak
+probabilities p_d(x) of data and p_m(x) of MC, and with a per-object uniform u
+
+* a peak object moves to the tail if p_d < p_m and u < (p_m − p_d)/p_m, with the tail value drawn
+  from the data tail quantiles at v = u / ((p_m − p_d)/p_m), uniform on [0, 1) given the move;
+* a tail object moves to the peak (becomes exactly 0) if p_d > p_m and u < (p_d − p_m)/(1 − p_m);
+* every other tail object is morphed with tail-only quantile networks (y > 0) of data and MC,
+  trained on ln y so that corrected tails stay positive; beyond the 1 % and 99 % tail quantiles
+  the morph shifts ln y (scales y) by the outermost quantile difference instead of extrapolating
+  the outermost segment's slope, which far out would raise y to an unconstrained power.
+
+So the corrected peak fraction is p_d(x) exactly in expectation, peak objects stay exactly zero,
+and u comes from a correctionlib ``hashprng`` of (run, luminosityBlock, event, raw pT, η, φ) and a
+per-variable salt: results never depend on chunking, worker count or selection.
+``esEnergyOverRawE`` is zero exactly when ``esEffSigmaRR`` is (no preshower hit), so it follows the
+corrected ``esEffSigmaRR`` peak state instead of drawing its own (:class:`FollowerZeroStep`).
+
+**Conditioning features.** The networks see (ln pT, η_SC, |η_SC|, φ, ρ) and two distances from
+the ECAL geometry: in φ to the nearest barrel super-module boundary (every 20°) and in |η| to the
+nearest barrel module boundary (0.435, 0.783, 1.131): containment losses there are narrow features
+that a network would otherwise have to carve out of raw φ and η. This is the role of the
+``iPhi mod 20`` inputs of the CMS energy regressions.
+
+**Systematic variation (split sample).** The only uncertainty of the method is the finite training
+sample (CMS). The whole chain is trained three times: on everything (nominal) and on two disjoint
+halves A (even event numbers) and B (odd). Each half-sample correction scatters around the truth
+with √2 times the statistical spread σ of the full-sample one, so (y_A − y_B)/2 has spread σ, and
+
+    up   = nominal + (y_A − y_B)/2,       down = nominal − (y_A − y_B)/2,
+
+one coherent ±1σ nuisance per object and variable (zero-peak variables are floored at 0). The
+bundle also carries ``half_a`` and ``half_b``, e.g. for the CMS recipe of ±1σ on the photon ID from
+the RMS of PhoID_A − PhoID_B.
+
+**Export.** One TorchScript module per region and variation holds the whole correction
+(features, every data and MC network, the chain, the morphing and the zero-peak treatment):
+float32 [pT, η_SC, φ, ρ, y_1…y_n, u_1…u_m] → [y_1'…y_n']. The bundle's correctionlib JSON holds the
+per-variable uniforms, the validity range (pT, ρ; EB and EE without the transition) and the ρ
+reweighting of MC used in training and in comparisons.
+
+**Reference.** ``regressor="bdt"`` trains the original implementation (one scikit-learn quantile
+BDT per level, BDT classifiers for the peaks) through the same chain, for the comparison in
+``benchmarks/cqr_reference.py``; it is not exported.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import correctionlib.schemav2 as cs
+import numpy as np
+import torch
+from torch import nn
+
+from egproc import bundle as bundle_format
+from egproc import engine, nano, probes, quantiles, reweight, training
+from egproc.variables import ISOLATIONS, PRESHOWER
+
+__all__ = [
+    "CHAINS",
+    "CONDITIONS",
+    "FOLLOWS",
+    "HALVES",
+    "Settings",
+    "ConditionFeatures",
+    "ZeroClassifier",
+    "MorphStep",
+    "ZeroPeakStep",
+    "FollowerZeroStep",
+    "Chain",
+    "SplitVariation",
+    "TrainingSample",
+    "train_chain",
+    "read_samples",
+    "train",
+]
+
+Region = Literal["EB", "EE"]
+
+#: Chain order per region: the CMS order of shower shapes, the preshower in EE, then isolations.
+CHAINS: dict[str, tuple[str, ...]] = {
+    "EB": ("sieip", "s4", "r9", "phiWidth", "sieie", "etaWidth",
+           "pfPhoIso03", "pfChargedIsoPFPV", "pfChargedIsoWorstVtx"),
+    "EE": ("sieip", "s4", "r9", "phiWidth", "sieie", "etaWidth", "esEffSigmaRR", "esEnergyOverRawE",
+           "pfPhoIso03", "pfChargedIsoPFPV", "pfChargedIsoWorstVtx"),
+}
+#: The raw branches the conditioning features are computed from, in the module's input order.
+CONDITIONS: tuple[str, ...] = ("Photon_pt", "Photon_superclusterEta", "Photon_phi", "Rho_fixedGridRhoAll")
+#: Zero-peak variables whose peak is the peak of another variable (no preshower hit: both zero).
+FOLLOWS: dict[str, str] = {"esEnergyOverRawE": "esEffSigmaRR"}
+#: The split-sample halves: event-number parity.
+HALVES: dict[str, int] = {"half_a": 0, "half_b": 1}
+#: Branches the per-object uniforms hash (raw kinematics: CQR never changes them).
+UNIFORM_IDENTITY: tuple[str, ...] = ("run", "luminosityBlock", "event", "Photon_pt", "Photon_eta", "Photon_phi")
+ZERO_PEAK: frozenset[str] = frozenset(v.field for v in ISOLATIONS + PRESHOWER)
+
+SUPERMODULE_WIDTH = float(np.deg2rad(20.0))
+MODULE_EDGES: tuple[float, ...] = (0.435, 0.783, 1.131)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Network sizes and training schedule (defaults: the shipped toy bundle)."""
+
+    hidden: tuple[int, ...] = (32, 32)
+    epochs: int = 10
+    batch_size: int = 8192
+    learning_rate: float = 3e-3
+    classifier_hidden: tuple[int, ...] = (32, 32)
+    classifier_epochs: int = 6
+    #: BDT reference: boosting iterations per quantile / classifier.
+    bdt_iterations: int = 100
+
+
+# --------------------------------------------------------------------------------------------
+# Modules (all TorchScript-compatible)
+# --------------------------------------------------------------------------------------------
+
+
+class ConditionFeatures(nn.Module):
+    """(pT, η_SC, φ, ρ) [n, 4] → (ln pT, η_SC, |η_SC|, φ, Δφ_SM, Δ|η|_module, ρ) [n, 7].
+
+    Δφ_SM is the distance to the nearest barrel super-module boundary in degrees (≈ crystals),
+    Δ|η|_module the distance to the nearest barrel module boundary (module docstring).
+    """
+
+    def __init__(self, supermodule_phi_offset: float = 0.0):
+        super().__init__()
+        self.supermodule_phi_offset = supermodule_phi_offset
+        self.supermodule_width = SUPERMODULE_WIDTH
+        self.register_buffer("module_edges", torch.tensor(MODULE_EDGES, dtype=torch.float32))
+
+    def forward(self, conditions: torch.Tensor) -> torch.Tensor:
+        pt, eta, phi, rho = conditions[:, 0], conditions[:, 1], conditions[:, 2], conditions[:, 3]
+        abs_eta = eta.abs()
+        in_supermodules = (phi - self.supermodule_phi_offset) / self.supermodule_width
+        to_boundary = (in_supermodules - torch.round(in_supermodules)).abs() * 20.0
+        to_module_edge = (abs_eta.unsqueeze(1) - self.module_edges).abs().min(dim=1).values
+        return torch.stack(
+            [torch.log(pt.clamp_min(1.0)), eta, abs_eta, phi, to_boundary, to_module_edge, rho], dim=1
+        )
+
+
+class ZeroClassifier(nn.Module):
+    """x [n, d] → logit of P(y in the zero peak | x), with clamping to the training range and
+    standardisation inside."""
+
+    def __init__(
+        self,
+        input_mean: Sequence[float],
+        input_scale: Sequence[float],
+        input_low: Sequence[float],
+        input_high: Sequence[float],
+        hidden: Sequence[int],
+        seed: int,
+    ):
+        super().__init__()
+        self.register_buffer("input_mean", torch.tensor(list(input_mean), dtype=torch.float32))
+        self.register_buffer("input_scale", torch.tensor(list(input_scale), dtype=torch.float32))
+        self.register_buffer("input_low", torch.tensor(list(input_low), dtype=torch.float32))
+        self.register_buffer("input_high", torch.tensor(list(input_high), dtype=torch.float32))
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            layers: list[nn.Module] = []
+            width = len(input_mean)
+            for size in hidden:
+                layers += [nn.Linear(width, size), nn.SiLU()]
+                width = size
+            self.net = nn.Sequential(*layers, nn.Linear(width, 1))
+
+    @classmethod
+    def for_sample(cls, x: np.ndarray, hidden: Sequence[int], seed: int) -> "ZeroClassifier":
+        scale = x.std(axis=0)
+        return cls(x.mean(axis=0), np.where(scale > 0, scale, 1.0), x.min(axis=0), x.max(axis=0), hidden, seed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inside = torch.clamp(x, self.input_low, self.input_high)  # as QuantileNetwork
+        return self.net((inside - self.input_mean) / self.input_scale).squeeze(1)
+
+
+class MorphStep(nn.Module):
+    """One continuous variable: y' = F_data⁻¹(F_MC(y | x) | x)."""
+
+    def __init__(self, mc: nn.Module, data: nn.Module):
+        super().__init__()
+        self.mc = mc
+        self.data = data
+        self.morph = quantiles.QuantileMorph()
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+        return self.morph(y, self.mc(x), self.data(x))
+
+
+class ZeroPeakStep(nn.Module):
+    """One zero-peak variable: peak/tail migration with a per-object uniform, then a ln-y tail
+    morph (module docstring). ``uniform`` is the column of this variable's uniform."""
+
+    def __init__(self, mc_zero: nn.Module, data_zero: nn.Module, mc_tail: nn.Module, data_tail: nn.Module, uniform: int):
+        super().__init__()
+        self.mc_zero = mc_zero
+        self.data_zero = data_zero
+        self.mc_tail = mc_tail
+        self.data_tail = data_tail
+        self.uniform = uniform
+        self.morph = quantiles.QuantileMorph(tails="shift")
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+        u = uniforms[:, self.uniform]
+        p_mc = torch.sigmoid(self.mc_zero(x))
+        p_data = torch.sigmoid(self.data_zero(x))
+        in_peak = y <= 0.0
+        # Probabilities of leaving the peak (where data has less of it) and of joining it.
+        leave = torch.clamp((p_mc - p_data) / p_mc.clamp_min(1e-6), 0.0, 1.0)
+        join = torch.clamp((p_data - p_mc) / (1.0 - p_mc).clamp_min(1e-6), 0.0, 1.0)
+        moves_out = in_peak & (u < leave)
+        moves_in = ~in_peak & (u < join)
+        q_data = self.data_tail(x)
+        tail = torch.exp(self.morph(torch.log(y.clamp_min(1e-30)), self.mc_tail(x), q_data))
+        # Given a move out (u < leave), u / leave is uniform on [0, 1): it picks the tail value.
+        redrawn = (u / leave.clamp_min(1e-6)).clamp(0.0, 1.0)
+        drawn = torch.exp(quantiles.quantile_function(q_data, self.data_tail.levels, redrawn))
+        corrected = torch.where(moves_out, drawn, tail)
+        return torch.where((in_peak & ~moves_out) | moves_in, torch.zeros_like(y), corrected)
+
+
+class FollowerZeroStep(nn.Module):
+    """A zero-peak variable whose peak is another's (``leader``: its column of x): zero where the
+    corrected leader is zero; elsewhere a ln-y tail morph, or a draw from the data tail with this
+    variable's uniform where the MC value is zero but the leader moved out of its peak."""
+
+    def __init__(self, mc_tail: nn.Module, data_tail: nn.Module, uniform: int, leader: int):
+        super().__init__()
+        self.mc_tail = mc_tail
+        self.data_tail = data_tail
+        self.uniform = uniform
+        self.leader = leader
+        self.morph = quantiles.QuantileMorph(tails="shift")
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+        q_data = self.data_tail(x)
+        tail = torch.exp(self.morph(torch.log(y.clamp_min(1e-30)), self.mc_tail(x), q_data))
+        drawn = torch.exp(quantiles.quantile_function(q_data, self.data_tail.levels, uniforms[:, self.uniform]))
+        corrected = torch.where(y <= 0.0, drawn, tail)
+        return torch.where(x[:, self.leader] <= 0.0, torch.zeros_like(y), corrected)
+
+
+def chain_input(value: torch.Tensor, compressed: bool) -> torch.Tensor:
+    """How a treated variable enters the later networks: zero-peak variables as ln(1 + y), whose
+    heavy tails would otherwise sit tens of standard deviations out (0 stays 0)."""
+    return torch.log1p(value) if compressed else value
+
+
+class Chain(nn.Module):
+    """One region's complete correction:
+    float32 [pT, η_SC, φ, ρ, y_1…y_n, u_1…u_m] → corrected [y_1…y_n], with one uniform per zero-peak
+    variable in chain order (module docstring)."""
+
+    def __init__(self, features: ConditionFeatures, steps: Sequence[nn.Module], n_uniforms: int, compressed: Sequence[bool]):
+        super().__init__()
+        self.features = features
+        self.steps = nn.ModuleList(steps)
+        self.n_variables = len(steps)
+        self.n_uniforms = n_uniforms
+        self.compressed = list(compressed)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        n_conditions = 4
+        x = self.features(inputs[:, :n_conditions])
+        raw = inputs[:, n_conditions : n_conditions + self.n_variables]
+        uniforms = inputs[:, n_conditions + self.n_variables :]
+        corrected: list[torch.Tensor] = []
+        for i, step in enumerate(self.steps):
+            value = step(x, raw[:, i], uniforms)
+            corrected.append(value)
+            x = torch.cat([x, chain_input(value, self.compressed[i]).unsqueeze(1)], dim=1)
+        return torch.stack(corrected, dim=1)
+
+
+class SplitVariation(nn.Module):
+    """nominal ± (half A − half B)/2 per variable (module docstring); ``zero_peak`` [n_variables]
+    marks the variables floored at 0."""
+
+    def __init__(self, nominal: Chain, half_a: Chain, half_b: Chain, sign: float, zero_peak: Sequence[bool]):
+        super().__init__()
+        self.nominal = nominal
+        self.half_a = half_a
+        self.half_b = half_b
+        self.sign = sign
+        self.register_buffer("zero_peak", torch.tensor(list(zero_peak), dtype=torch.bool))
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        shifted = self.nominal(inputs) + self.sign * 0.5 * (self.half_a(inputs) - self.half_b(inputs))
+        return torch.where(self.zero_peak & (shifted < 0.0), torch.zeros_like(shifted), shifted)
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingSample:
+    """One region's probes of one sample: conditions [n, 4] (:data:`CONDITIONS` order), the chain
+    variables, weights, and event numbers (for the split)."""
+
+    conditions: np.ndarray
+    values: dict[str, np.ndarray]
+    weight: np.ndarray
+    event: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.weight)
+
+    def select(self, rows: np.ndarray) -> "TrainingSample":
+        return TrainingSample(
+            self.conditions[rows], {k: v[rows] for k, v in self.values.items()}, self.weight[rows], self.event[rows]
+        )
+
+    def half(self, name: str) -> "TrainingSample":
+        return self.select(self.event % 2 == HALVES[name])
+
+
+def _seed(seed: int, *labels: str) -> int:
+    """A stable per-network seed from the run seed and the network's role."""
+    return (seed * 1_000_003 + zlib.crc32("/".join(labels).encode())) % (2**31)
+
+
+def _binary_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    return nn.functional.binary_cross_entropy_with_logits(logits, target, weight=weights, reduction="sum") / (
+        weights.sum() if weights is not None else torch.tensor(float(len(target)))
+    )
+
+
+class _Regressors:
+    """Builds and trains the per-step models: quantile networks (``nn``) or the BDT reference."""
+
+    def __init__(self, kind: Literal["nn", "bdt"], settings: Settings, device: str, on_fit: Callable[[str], None]):
+        self.kind = kind
+        self.settings = settings
+        self.device = device
+        self.on_fit = on_fit
+
+    def quantiles(self, x: np.ndarray, y: np.ndarray, weight: np.ndarray, seed: int, label: str) -> nn.Module:
+        s = self.settings
+        if self.kind == "bdt":
+            model: nn.Module = _QuantileBDT(x, y, weight, s.bdt_iterations, seed)
+        else:
+            model = quantiles.QuantileNetwork.for_sample(x, y, hidden=s.hidden, seed=seed)
+            quantiles.fit(
+                model, x, y, weight, epochs=s.epochs, batch_size=s.batch_size, learning_rate=s.learning_rate,
+                seed=seed, device=self.device,
+            )
+            model.cpu()
+        self.on_fit(label)
+        return model
+
+    def classifier(self, x: np.ndarray, is_zero: np.ndarray, weight: np.ndarray, seed: int, label: str) -> nn.Module:
+        s = self.settings
+        if self.kind == "bdt":
+            model: nn.Module = _ClassifierBDT(x, is_zero, weight, s.bdt_iterations, seed)
+        else:
+            model = ZeroClassifier.for_sample(x, s.classifier_hidden, seed)
+            training.minimise(
+                model, _binary_cross_entropy, x, is_zero.astype(np.float32), weight,
+                epochs=s.classifier_epochs, batch_size=s.batch_size, learning_rate=s.learning_rate,
+                seed=seed, device=self.device,
+            )
+            model.cpu()
+        self.on_fit(label)
+        return model
+
+
+class _QuantileBDT(nn.Module):
+    """Reference: one scikit-learn gradient-boosted quantile regressor per level; crossing
+    predictions are sorted (the morphing needs ordered quantiles). Eager only."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, weight: np.ndarray, iterations: int, seed: int):
+        from sklearn.ensemble import HistGradientBoostingRegressor
+
+        super().__init__()
+        self.register_buffer("levels", torch.tensor(quantiles.LEVELS, dtype=torch.float32))
+        self.models = [
+            HistGradientBoostingRegressor(loss="quantile", quantile=level, max_iter=iterations, random_state=seed).fit(
+                x, y, sample_weight=weight
+            )
+            for level in quantiles.LEVELS
+        ]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = x.detach().cpu().numpy()
+        predicted = np.sort(np.stack([m.predict(features) for m in self.models], axis=1), axis=1)
+        return torch.from_numpy(predicted.astype(np.float32))
+
+
+class _ClassifierBDT(nn.Module):
+    """Reference: a scikit-learn gradient-boosted classifier of the zero peak (logit out)."""
+
+    def __init__(self, x: np.ndarray, is_zero: np.ndarray, weight: np.ndarray, iterations: int, seed: int):
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        super().__init__()
+        self.model = HistGradientBoostingClassifier(max_iter=iterations, random_state=seed).fit(
+            x, is_zero, sample_weight=weight
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probability = self.model.predict_proba(x.detach().cpu().numpy())[:, 1].clip(1e-7, 1 - 1e-7)
+        return torch.from_numpy(np.log(probability / (1 - probability)).astype(np.float32))
+
+
+def _features(conditions: np.ndarray, features: ConditionFeatures) -> np.ndarray:
+    with torch.inference_mode():
+        return features(torch.from_numpy(np.ascontiguousarray(conditions, dtype=np.float32))).numpy()
+
+
+def train_chain(
+    data: TrainingSample,
+    mc: TrainingSample,
+    variables: Sequence[str],
+    *,
+    settings: Settings = Settings(),
+    regressor: Literal["nn", "bdt"] = "nn",
+    seed: int = 0,
+    device: str = "cpu",
+    label: str = "",
+    on_fit: Callable[[str], None] | None = None,
+) -> Chain:
+    """Train one region's chain on data and MC probes (module docstring); ``on_fit`` is called with
+    a label after each model, e.g. to advance a progress bar. The chain is returned on the CPU."""
+    features = ConditionFeatures()
+    x_data = _features(data.conditions, features)
+    x_mc = _features(mc.conditions, features)
+    fits = _Regressors(regressor, settings, device, on_fit or (lambda _: None))
+    # One uniform column per zero-peak variable, in chain order. Training draws them from numpy;
+    # applied from a bundle they come from hashprng.
+    zero_peak = [v for v in variables if v in ZERO_PEAK]
+    uniforms_mc = np.random.default_rng(_seed(seed, label, "uniforms")).random(
+        (len(mc), len(zero_peak)), dtype=np.float32
+    )
+    steps: list[nn.Module] = []
+    position = {name: i for i, name in enumerate(variables)}
+    n_features = x_data.shape[1]
+    for i, name in enumerate(variables):
+        y_data = data.values[name].astype(np.float64)
+        y_mc = mc.values[name].astype(np.float64)
+        tag = f"{label}/{name}"
+        if name not in ZERO_PEAK:
+            step: nn.Module = MorphStep(
+                fits.quantiles(x_mc, y_mc, mc.weight, _seed(seed, tag, "mc"), f"{tag} MC quantiles"),
+                fits.quantiles(x_data, y_data, data.weight, _seed(seed, tag, "data"), f"{tag} data quantiles"),
+            )
+        else:
+            tail_data, tail_mc = y_data > 0, y_mc > 0
+            tails = [
+                fits.quantiles(
+                    x[tail], np.log(y[tail]), w[tail], _seed(seed, tag, kind), f"{tag} {kind} tail quantiles"
+                )
+                for x, y, w, tail, kind in ((x_mc, y_mc, mc.weight, tail_mc, "mc"), (x_data, y_data, data.weight, tail_data, "data"))
+            ]
+            leader = FOLLOWS.get(name)
+            uniform = zero_peak.index(name)
+            if leader is not None and leader in position and position[leader] < i:
+                step = FollowerZeroStep(*tails, uniform=uniform, leader=n_features + position[leader])
+            else:
+                classifiers = [
+                    fits.classifier(x, ~tail, w, _seed(seed, tag, f"{kind} zero"), f"{tag} {kind} peak")
+                    for x, w, tail, kind in ((x_mc, mc.weight, tail_mc, "mc"), (x_data, data.weight, tail_data, "data"))
+                ]
+                step = ZeroPeakStep(*classifiers, *tails, uniform=uniform)
+        with torch.inference_mode():
+            corrected = step(
+                torch.from_numpy(x_mc.astype(np.float32)),
+                torch.from_numpy(y_mc.astype(np.float32)),
+                torch.from_numpy(uniforms_mc),
+            ).numpy()
+        if not np.all(np.isfinite(corrected)):
+            raise RuntimeError(
+                f"{label}: the trained {name} correction gives {int((~np.isfinite(corrected)).sum())} non-finite "
+                f"values on the MC training sample; refusing to train the rest of the chain on them"
+            )
+        steps.append(step)
+        compress = name in ZERO_PEAK
+        with torch.inference_mode():
+            next_data = chain_input(torch.from_numpy(y_data.astype(np.float32)), compress).numpy()
+            next_mc = chain_input(torch.from_numpy(corrected), compress).numpy()
+        x_data = np.concatenate([x_data, next_data[:, None]], axis=1)
+        x_mc = np.concatenate([x_mc, next_mc[:, None]], axis=1)
+    return Chain(features, steps, n_uniforms=len(zero_peak), compressed=[v in ZERO_PEAK for v in variables])
+
+
+def models_per_chain(variables: Sequence[str]) -> int:
+    """How many models :func:`train_chain` fits for a chain of ``variables`` (progress bars)."""
+    count = 0
+    for name in variables:
+        if name not in ZERO_PEAK:
+            count += 2
+        else:
+            count += 2 if name in FOLLOWS and FOLLOWS[name] in variables else 4
+    return count
+
+
+# --------------------------------------------------------------------------------------------
+# Reading probes, writing the bundle
+# --------------------------------------------------------------------------------------------
+
+
+def read_samples(
+    data_files: Sequence[str | Path], mc_files: Sequence[str | Path]
+) -> tuple[dict[str, TrainingSample], dict[str, TrainingSample], dict[str, Any]]:
+    """Tag-and-probe probes of data and MC per region (MC weighted by genWeight × the ρ weights),
+    and the ρ reweighting as a correctionlib correction plus facts for the provenance."""
+    fields = sorted({f for chain in CHAINS.values() for f in chain})
+    branches = [*CONDITIONS, "event", *(f"Photon_{f}" for f in fields)]
+    data = probes.read_probes(data_files, branches)
+    mc = probes.read_probes(mc_files, branches)
+    if data.is_mc or not mc.is_mc:
+        raise ValueError("train cqr needs data files (no genWeight) and MC files (with genWeight)")
+    rho_branch = CONDITIONS[3]
+    weights, empty = reweight.rho_weights(data[rho_branch], mc[rho_branch], data.weight, mc.weight)
+    rho_bins = np.clip(np.searchsorted(reweight.RHO_EDGES, mc[rho_branch], side="right") - 1, 0, len(weights) - 1)
+    mc_weight = mc.weight * weights[rho_bins]
+
+    def by_region(table: probes.ProbeTable, weight: np.ndarray) -> dict[str, TrainingSample]:
+        conditions = np.stack([table[b] for b in CONDITIONS], axis=1).astype(np.float32)
+        finite = np.all(np.isfinite(conditions), axis=1)
+        for f in fields:
+            finite &= np.isfinite(table[f"Photon_{f}"])
+        result = {}
+        for region, chain in CHAINS.items():
+            rows = finite & nano.region_mask(conditions[:, 1], region)
+            result[region] = TrainingSample(
+                conditions[rows],
+                {f: table[f"Photon_{f}"][rows].astype(np.float32) for f in chain},
+                weight[rows],
+                np.asarray(table["event"][rows]).astype(np.int64),
+            )
+        return result
+
+    facts = {"rho_correction": reweight.rho_weight_correction(weights, empty), "data_probes": len(data), "mc_probes": len(mc)}
+    return by_region(data, data.weight), by_region(mc, mc_weight), facts
+
+
+def uniform_correction(field_name: str, salt: int) -> cs.Correction:
+    """``cqr_uniform_<field>``: a uniform on [0, 1) per object from a hash of its identity; the
+    salt (added to φ before hashing) makes each variable's stream independent of the others."""
+    names = ["run", "luminosityBlock", "event", "pt", "eta", "phi"]
+    types = ["int", "int", "int", "real", "real", "real"]
+    return cs.Correction(
+        name=f"cqr_uniform_{field_name}",
+        description=(
+            f"Per-photon uniform for the Photon_{field_name} peak/tail migration of CQR: hashprng of "
+            f"(run, luminosityBlock, event, raw Photon_pt, Photon_eta, Photon_phi + {salt})"
+        ),
+        version=1,
+        inputs=[cs.Variable(name=n, type=t) for n, t in zip(names, types)],
+        output=cs.Variable(name="u", type="real", description="uniform on [0, 1)"),
+        data=cs.Transform(
+            nodetype="transform",
+            input="phi",
+            rule=cs.Formula(nodetype="formula", expression=f"x+{salt}", parser="TFormula", variables=["phi"]),
+            content=cs.HashPRNG(nodetype="hashprng", inputs=names, distribution="stdflat"),
+        ),
+    )
+
+
+def validity_correction(pt_range: tuple[float, float], rho_range: tuple[float, float]) -> cs.Correction:
+    """``cqr_validity``: 1 where the networks were trained (pT and ρ range, EB or EE), else 0."""
+    return cs.Correction(
+        name="cqr_validity",
+        description=(
+            "1 inside the CQR training domain: pt in [{:g}, {:g}) GeV, rho in [{:g}, {:g}) GeV, |superclusterEta| "
+            "in EB [0, 1.4442) or EE [1.566, 2.5); 0 elsewhere (objects are passed through, flagged)"
+        ).format(*pt_range, *rho_range),
+        version=1,
+        inputs=[
+            cs.Variable(name="pt", type="real", description="Photon_pt (GeV)"),
+            cs.Variable(name="superclusterEta", type="real", description="Photon_superclusterEta"),
+            cs.Variable(name="rho", type="real", description="Rho_fixedGridRhoAll (GeV)"),
+        ],
+        output=cs.Variable(name="valid", type="real"),
+        data=cs.Transform(
+            nodetype="transform",
+            input="superclusterEta",
+            rule=cs.Formula(nodetype="formula", expression="abs(x)", parser="TFormula", variables=["superclusterEta"]),
+            content=cs.MultiBinning(
+                nodetype="multibinning",
+                inputs=["pt", "superclusterEta", "rho"],
+                edges=[
+                    list(map(float, pt_range)),
+                    [0.0, nano.ECAL_BARREL_MAX_ABS_ETA, nano.ECAL_ENDCAP_MIN_ABS_ETA, nano.ECAL_ENDCAP_MAX_ABS_ETA],
+                    list(map(float, rho_range)),
+                ],
+                content=[1.0, 0.0, 1.0],
+                flow=0.0,
+            ),
+        ),
+    )
+
+
+def _domain(samples: Sequence[TrainingSample], column: int, low: float) -> tuple[float, float]:
+    """The training range of one condition, from ``low`` (the selection's threshold) to the
+    rounded-up 99.95 % quantile, so that a handful of extreme probes do not stretch the domain."""
+    values = np.concatenate([s.conditions[:, column] for s in samples])
+    return low, float(np.ceil(np.quantile(values, 0.9995)))
+
+
+def train(
+    data_files: Sequence[str | Path],
+    mc_files: Sequence[str | Path],
+    out: str | Path,
+    *,
+    settings: Settings = Settings(),
+    seed: int = 0,
+    device: str = "auto",
+    name: str = "toy-cqr",
+    splits: bool = True,
+    provenance: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train the CQR chains of EB and EE (nominal and, with ``splits``, the two halves) and write
+    the bundle (module docstring); returns the folder."""
+    from tqdm.auto import tqdm
+
+    device = engine.resolve_device(device)
+    data, mc, facts = read_samples(data_files, mc_files)
+    variants = ("nominal", *HALVES) if splits else ("nominal",)
+    total = len(variants) * sum(models_per_chain(CHAINS[r]) for r in CHAINS)
+    chains: dict[str, dict[str, Chain]] = {r: {} for r in CHAINS}
+    timings: dict[str, float] = {}
+    with tqdm(total=total, desc="train cqr", unit="model", disable=not progress) as bar:
+        for variant in variants:
+            for region, variables in CHAINS.items():
+                start = time.perf_counter()
+                data_r, mc_r = data[region], mc[region]
+                if variant != "nominal":
+                    data_r, mc_r = data_r.half(variant), mc_r.half(variant)
+
+                def advance(label: str) -> None:
+                    bar.set_postfix_str(label)
+                    bar.update()
+
+                chains[region][variant] = train_chain(
+                    data_r, mc_r, variables, settings=settings, seed=seed, device=device,
+                    label=f"{variant}/{region}", on_fit=advance,
+                )
+                timings[f"{variant}/{region}"] = round(time.perf_counter() - start, 1)
+
+    samples = [*data.values(), *mc.values()]
+    pt_range = _domain(samples, 0, low=probes.PROBE_MIN_PT)
+    rho_range = _domain(samples, 3, low=0.0)
+    zero_peak_fields = sorted({f for chain in CHAINS.values() for f in chain if f in ZERO_PEAK})
+    salts = {f: k + 1 for k, f in enumerate(zero_peak_fields)}
+    correction_set = cs.CorrectionSet(
+        schema_version=2,
+        description=f"egproc chained quantile regression ({name}): validity, per-photon uniforms, MC rho weights",
+        corrections=[
+            validity_correction(pt_range, rho_range),
+            *(uniform_correction(f, salts[f]) for f in zero_peak_fields),
+            facts["rho_correction"],
+        ],
+    )
+    models: dict[str, Any] = {}
+    steps: list[bundle_format.CorrectionlibStep | dict[str, Any]] = []
+    validity = bundle_format.Validity(correction="cqr_validity", inputs=(CONDITIONS[0], CONDITIONS[1], CONDITIONS[3]))
+    for variation in _variations(splits):
+        for f in zero_peak_fields:
+            regions = [r for r, chain in CHAINS.items() if f in chain]
+            steps.append(
+                bundle_format.CorrectionlibStep(
+                    correction=f"cqr_uniform_{f}", inputs=UNIFORM_IDENTITY, output=f"Photon_cqrUniform_{f}",
+                    region="EB+EE" if len(regions) == 2 else regions[0], variation=variation, keep=False,
+                    validity=validity,
+                )
+            )
+        for region, variables in CHAINS.items():
+            file_name = f"cqr_{region}_{variation}.pt"
+            models[file_name] = torch.jit.script(_exported(chains[region], variation, variables))
+            steps.append(
+                {
+                    "kind": "torchscript",
+                    "model": file_name,  # bundle.write fills in the checksum
+                    "inputs": (
+                        *CONDITIONS,
+                        *(f"Photon_{v}" for v in variables),
+                        *(f"Photon_cqrUniform_{v}" for v in variables if v in ZERO_PEAK),
+                    ),
+                    "outputs": tuple(f"Photon_{v}" for v in variables),
+                    "region": region,
+                    "variation": variation,
+                    "validity": validity.model_dump(),
+                }
+            )
+    return bundle_format.write(
+        out,
+        name=name,
+        method="cqr",
+        collection="Photon",
+        description=(
+            "Chained quantile regression: MC photon shower shapes, preshower and isolations morphed onto data "
+            "per ECAL region, one TorchScript module per region and variation"
+        ),
+        correction_set=correction_set,
+        steps=steps,
+        models=models,
+        event_weights=[bundle_format.EventWeight(name="rho", correction="rho_reweighting", inputs=(CONDITIONS[3],))],
+        provenance={
+            **dict(provenance or {}),
+            "seed": seed,
+            "device": device,
+            "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.__dict__.items()},
+            "chains": {r: list(v) for r, v in CHAINS.items()},
+            "validity": {"pt": list(pt_range), "rho": list(rho_range)},
+            "split": "half_a: even event numbers, half_b: odd; up/down = nominal ± (half_a − half_b)/2",
+            "training_seconds": timings,
+            "data_files": {Path(f).name: engine.sha256_of(f) for f in data_files},
+            "mc_files": {Path(f).name: engine.sha256_of(f) for f in mc_files},
+            "data_probes": facts["data_probes"],
+            "mc_probes": facts["mc_probes"],
+            "probes_per_region": {r: {"data": len(data[r]), "mc": len(mc[r])} for r in CHAINS},
+            "mass_window": list(probes.MASS_WINDOW),
+        },
+    )
+
+
+def _variations(splits: bool) -> tuple[str, ...]:
+    return ("nominal", "up", "down", *HALVES) if splits else ("nominal",)
+
+
+def _exported(chains: Mapping[str, Chain], variation: str, variables: Sequence[str]) -> nn.Module:
+    if variation in ("nominal", *HALVES):
+        return chains[variation]
+    zero_peak = [v in ZERO_PEAK for v in variables]
+    sign = {"up": 1.0, "down": -1.0}[variation]
+    return SplitVariation(chains["nominal"], chains["half_a"], chains["half_b"], sign, zero_peak)

@@ -182,11 +182,7 @@ class ZeroClassifier(nn.Module):
         self.register_buffer("input_high", torch.tensor(list(input_high), dtype=torch.float32))
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            layers: list[nn.Module] = []
-            width = len(input_mean)
-            for size in hidden:
-                layers += [nn.Linear(width, size), nn.SiLU()]
-                width = size
+            layers, width = quantiles.hidden_layers(len(input_mean), hidden)
             self.net = nn.Sequential(*layers, nn.Linear(width, 1))
 
     @classmethod

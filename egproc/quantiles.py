@@ -49,12 +49,22 @@ from torch import nn
 
 from egproc import training
 
-__all__ = ["LEVELS", "QuantileNetwork", "QuantileMorph", "quantile_function", "pinball_loss", "fit"]
+__all__ = ["LEVELS", "QuantileNetwork", "QuantileMorph", "quantile_function", "hidden_layers", "pinball_loss", "fit"]
 
 #: Floor on the step between consecutive quantiles, in units of the target scale.
 MIN_STEP = 1e-4
 #: The 21 quantile levels of the CMS method.
 LEVELS: tuple[float, ...] = (0.01, *(round(0.05 * k, 2) for k in range(1, 20)), 0.99)
+
+
+def hidden_layers(n_inputs: int, hidden: Sequence[int]) -> tuple[list[nn.Module], int]:
+    """The SiLU hidden stack every egproc MLP uses, and the width of its last layer."""
+    layers: list[nn.Module] = []
+    width = n_inputs
+    for size in hidden:
+        layers += [nn.Linear(width, size), nn.SiLU()]
+        width = size
+    return layers, width
 
 
 class QuantileNetwork(nn.Module):
@@ -113,11 +123,7 @@ class QuantileNetwork(nn.Module):
         with torch.random.fork_rng():
             if seed is not None:
                 torch.manual_seed(seed)
-            layers: list[nn.Module] = []
-            width = len(input_mean)
-            for size in hidden:
-                layers += [nn.Linear(width, size), nn.SiLU()]
-                width = size
+            layers, width = hidden_layers(len(input_mean), hidden)
             output = nn.Linear(width, len(levels))
             self._start_gaussian(output, levels, self.centre)
             self.net = nn.Sequential(*layers, output)

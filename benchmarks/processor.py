@@ -3,7 +3,12 @@
 Generates a toy MC sample, derives fudge factors, then times ``apply_to_fileset`` + ``dask.compute``
 of the processor without a bundle, with the fudge factors, and with the shipped CQR chain
 (``corrections/toy-cqr``: EB and EE modules, every data and MC network), best of ``--repeat``, on
-``--workers`` processes. Each corrected configuration also fills the histograms of its stage.
+``--workers`` processes. Each corrected configuration also fills the histograms of its stage and
+re-evaluates the photon ID on the corrected fields. Workers get
+``egproc.pipeline.WORKER_ENVIRONMENT`` unless ``--dask-malloc``.
+
+It then times each bundle's ``apply`` alone on the probes of one 100 k-event chunk, eagerly in
+this process on one thread: what the correction itself costs per probe.
 
     python benchmarks/processor.py --events 400000 --workers 2
 """
@@ -15,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import awkward as ak
 from dask.distributed import Client, LocalCluster
 
 import egproc
@@ -28,6 +34,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--step-size", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--dask-malloc", action="store_true",
+        help="keep dask's default worker environment instead of egproc.pipeline.WORKER_ENVIRONMENT",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -40,7 +50,11 @@ def main() -> None:
             "fudge (correctionlib)": TagAndProbeProcessor(bundle),
             "cqr (TorchScript chain)": TagAndProbeProcessor(cqr),
         }
-        with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, Client(cluster) as client:
+        cluster = (
+            LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0")
+            if args.dask_malloc else pipeline.local_cluster(args.workers)
+        )
+        with cluster, Client(cluster) as client:
             pipeline.run_with_dask(configurations["uncorrected"], {"mc": files["mc"]}, step_size=args.step_size, scheduler=client)  # warm-up
             timings = {}
             for name, processor in configurations.items():
@@ -50,10 +64,33 @@ def main() -> None:
                     pipeline.run_with_dask(processor, {"mc": files["mc"]}, step_size=args.step_size, scheduler=client)
                     runs.append(time.perf_counter() - start)
                 timings[name] = min(runs)
-        print(f"tag and probe on {args.events:,} MC events, {args.workers} dask worker processes, best of {args.repeat}:")
+        environment = "dask's default worker environment" if args.dask_malloc else "egproc.pipeline.WORKER_ENVIRONMENT"
+        print(f"tag and probe on {args.events:,} MC events, {args.workers} dask worker processes ({environment}), best of {args.repeat}:")
         for name, seconds in timings.items():
             ratio = seconds / timings["uncorrected"]
             print(f"  {name:<24} {seconds:7.2f} s   {args.events / seconds:10,.0f} events/s   ×{ratio:.2f}")
+        correction_alone(files["mc"][0], {"fudge (correctionlib)": bundle, "cqr (TorchScript chain)": cqr}, args.repeat)
+
+
+def correction_alone(path: str, bundles: dict, repeat: int) -> None:
+    import torch
+    from coffea.nanoevents import NanoAODSchema, NanoEventsFactory
+
+    from egproc.probes import WIDE_MASS_WINDOW, tag_probe_pairs
+
+    torch.set_num_threads(1)
+    events = NanoEventsFactory.from_root({path: "Events"}, schemaclass=NanoAODSchema, mode="eager", entry_stop=100_000).events()
+    probes = tag_probe_pairs(events, WIDE_MASS_WINDOW).probe
+    n_probes = int(ak.sum(ak.num(probes)))
+    print(f"bundle.apply alone on the {n_probes:,} probes of {len(events):,} events (eager, one thread, best of {repeat}):")
+    for name, bundle in bundles.items():
+        runs = []
+        for _ in range(repeat + 1):  # the first call also loads the artefacts
+            start = time.perf_counter()
+            bundle.apply(probes, events)
+            runs.append(time.perf_counter() - start)
+        best = min(runs[1:])
+        print(f"  {name:<24} {best * 1e3:7.1f} ms   {n_probes / best:10,.0f} probes/s")
 
 
 if __name__ == "__main__":

@@ -177,7 +177,7 @@ class Bundle:
         manifest_sha256: str,
         *,
         device: str = "auto",
-        batch_size: int = 65536,
+        batch_size: int | None = None,
     ):
         self.path = path
         self.manifest = manifest
@@ -358,7 +358,7 @@ def _evaluate(correction: Any, columns: Mapping[str, np.ndarray], branches: Sequ
 _bundles: dict[tuple[str, str, str, int], Bundle] = {}
 
 
-def _restore(path: str, manifest_sha256: str, device: str, batch_size: int) -> Bundle:
+def _restore(path: str, manifest_sha256: str, device: str, batch_size: int | None) -> Bundle:
     key = (path, manifest_sha256, device, batch_size)
     cached = _bundles.get(key)
     if cached is None:
@@ -373,7 +373,7 @@ def load(
     path: str | Path,
     *,
     device: str = "auto",
-    batch_size: int = 65536,
+    batch_size: int | None = None,
     expected_sha256: str | None = None,
     check_models: bool = True,
 ) -> Bundle:
@@ -382,7 +382,8 @@ def load(
     ``device`` (``auto``, ``cpu``, ``cuda:N``) is resolved where the correction runs, so a bundle
     loaded on a laptop runs on a worker's GPU. Raises :class:`egproc.engine.ChecksumError` naming the
     file for any modified artefact. ``check_models=False`` skips the probe evaluation of each model
-    (used where a bundle is restored on a worker, after the client has checked it).
+    (used where a bundle is restored on a worker, after the client has checked it). ``batch_size``
+    is the rows per model call (``None``: by device, :func:`egproc.engine.run_batched`).
     """
     folder = Path(path).resolve()
     manifest_path = folder / MANIFEST

@@ -41,8 +41,8 @@ def _train_cqr(args: argparse.Namespace) -> None:
     from egproc import cqr
 
     given = {
-        "hidden": tuple(args.hidden) if args.hidden else None, "epochs": args.epochs,
-        "classifier_epochs": args.classifier_epochs, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
+        "hidden": tuple(args.hidden) if args.hidden else None, "steps": args.steps,
+        "classifier_steps": args.classifier_steps, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
     }
     settings = cqr.Settings(**{k: v for k, v in given.items() if v is not None})
     notes = dict(item.split("=", 1) for item in args.provenance)
@@ -68,6 +68,7 @@ def _report(args: argparse.Namespace) -> None:
     from egproc import histio, report
 
     folder = report.write(histio.read(args.output), args.out, classifier=not args.no_classifier)
+    print(report.headline(json.loads((folder / "summary.json").read_text())))
     print(f"wrote {folder / 'index.html'}")
 
 
@@ -123,8 +124,8 @@ def _parser() -> argparse.ArgumentParser:
     cqr.add_argument("--name", default="toy-cqr")
     cqr.add_argument("--seed", type=int, default=0, help="seeds every network and shuffle (deterministic on CPU)")
     cqr.add_argument("--device", default="auto", help="auto (a GPU when present), cpu or cuda:N")
-    cqr.add_argument("--epochs", type=int, help="epochs per quantile network (default: egproc.cqr.Settings)")
-    cqr.add_argument("--classifier-epochs", type=int, help="epochs per zero-peak classifier")
+    cqr.add_argument("--steps", type=int, help="optimiser steps per quantile network (default: egproc.cqr.Settings)")
+    cqr.add_argument("--classifier-steps", type=int, help="optimiser steps per zero-peak classifier")
     cqr.add_argument("--hidden", type=int, nargs="+", help="hidden layer sizes of the quantile networks")
     cqr.add_argument("--batch-size", type=int)
     cqr.add_argument("--learning-rate", type=float)

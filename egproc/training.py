@@ -7,16 +7,28 @@ shuffling draws from its own generator, and the network's initial weights come f
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["Loss", "minimise"]
+__all__ = ["Loss", "epochs_for_steps", "minimise"]
 
 #: loss(module output, targets, weights or None) → scalar (a weighted mean over the batch).
 Loss = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+def epochs_for_steps(steps: int, n_rows: int, batch_size: int) -> int:
+    """Passes over ``n_rows`` that give at least ``steps`` optimiser steps of ``batch_size``.
+
+    Training length is set in steps because what a network needs to converge depends little on
+    the sample size: ten epochs are 600 steps on 500 k probes but 80 on 65 k, which leaves the
+    outer quantiles of a small sample visibly untrained.
+    """
+    batches = max(1, math.ceil(n_rows / batch_size))
+    return max(1, math.ceil(steps / batches))
 
 
 def minimise(
@@ -44,7 +56,9 @@ def minimise(
     y = torch.as_tensor(np.asarray(targets, dtype=np.float32), device=device)
     w = None if weights is None else torch.as_tensor(np.asarray(weights, dtype=np.float32), device=device)
     optimiser = torch.optim.Adam(module.parameters(), lr=learning_rate)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(epochs, 1))
+    # Annealed per step, so that a run of few long epochs decays as smoothly as one of many.
+    total_steps = max(1, epochs * math.ceil(x.shape[0] / batch_size))
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=total_steps)
     history = []
     for epoch in range(epochs):
         order = torch.randperm(x.shape[0], generator=generator).to(device)
@@ -56,10 +70,10 @@ def minimise(
             optimiser.zero_grad(set_to_none=True)
             value.backward()
             optimiser.step()
+            schedule.step()
             batch_norm = float(rows.numel()) if batch_weights is None else float(batch_weights.sum())
             total += float(value.detach()) * batch_norm
             norm += batch_norm
-        schedule.step()
         history.append(total / norm if norm else float("nan"))
         if on_epoch is not None:
             on_epoch(epoch, history[-1])

@@ -16,7 +16,7 @@ import egproc
 from egproc import cli, cqr, engine, toy
 from egproc.quantiles import LEVELS
 
-TINY = cqr.Settings(hidden=(16, 16), epochs=3, classifier_hidden=(8,), classifier_epochs=2)
+TINY = cqr.Settings(hidden=(16, 16), steps=10, classifier_hidden=(8,), classifier_steps=6)
 
 
 class ConstantQuantiles(nn.Module):
@@ -99,6 +99,46 @@ def test_split_variations_are_nominal_plus_minus_half_the_difference():
         np.testing.assert_allclose(down(inputs).numpy(), [[0.9, 0.15], [-1.1, 2.1]], atol=1e-6)
 
 
+def test_a_variable_above_another_is_corrected_as_its_excess():
+    """y_1 ≥ y_0 by construction (ABOVE): the chain morphs d = y_1 − y_0 and adds the corrected y_0
+    back, and the split variations keep the order even where their shifts would break it."""
+
+    def chain(shift, scale):
+        steps = [cqr.MorphStep(ConstantQuantiles(0.0, 1.0), ConstantQuantiles(shift, 1.0)),
+                 cqr.MorphStep(ConstantQuantiles(0.0, 1.0), ConstantQuantiles(0.0, scale))]
+        return cqr.Chain(cqr.ConditionFeatures(), steps, n_uniforms=0, compressed=[False, False], references=[-1, 0])
+
+    y0 = np.array([-1.0, 0.5, 2.0], np.float32)
+    excess = np.array([0.0, 0.25, 1.0], np.float32)
+    inputs = torch.from_numpy(np.concatenate([np.tile([[40.0, 0.5, 0.1, 20.0]], (3, 1)), np.stack([y0, y0 + excess], 1)], 1).astype(np.float32))
+    with torch.no_grad():
+        out = torch.jit.script(chain(1.0, 2.0))(inputs).numpy()
+    np.testing.assert_allclose(out[:, 0], y0 + 1.0, atol=1e-6)
+    np.testing.assert_allclose(out[:, 1], y0 + 1.0 + 2.0 * excess, atol=1e-5)
+    # up = nominal + (A − B)/2 puts y_0 at y_0 + 2.5 and y_1 at y_0 + 2.5 − d, below it: held at y_0.
+    up = torch.jit.script(cqr.SplitVariation(chain(1.0, 2.0), chain(4.0, 2.0), chain(1.0, 8.0), 1.0, zero_peak=[False, False]))
+    with torch.no_grad():
+        shifted = up(inputs).numpy()
+    np.testing.assert_allclose(shifted[:, 0], y0 + 2.5, atol=1e-5)
+    np.testing.assert_allclose(shifted[:, 1], y0 + 2.5, atol=1e-5)
+
+
+def test_corrected_values_stay_in_the_range_data_covered_in_training():
+    steps = [cqr.MorphStep(ConstantQuantiles(0.0, 1.0), ConstantQuantiles(1.0, 1.0)),
+             cqr.MorphStep(ConstantQuantiles(0.0, 1.0), ConstantQuantiles(0.0, 2.0))]
+    chain = torch.jit.script(cqr.Chain(
+        cqr.ConditionFeatures(), steps, n_uniforms=0, compressed=[False, False], references=[-1, 0],
+        ranges=[(-1.5, 2.5), (0.0, 1.0)],
+    ))
+    y0 = np.array([-1.0, 0.5, 2.0], np.float32)
+    excess = np.array([0.0, 0.25, 1.0], np.float32)
+    inputs = torch.from_numpy(np.concatenate([np.tile([[40.0, 0.5, 0.1, 20.0]], (3, 1)), np.stack([y0, y0 + excess], 1)], 1).astype(np.float32))
+    with torch.no_grad():
+        out = chain(inputs).numpy()
+    np.testing.assert_allclose(out[:, 0], [0.0, 1.5, 2.5], atol=1e-6)  # y0 + 1, the last clamped
+    np.testing.assert_allclose(out[:, 1], out[:, 0] + [0.0, 0.5, 1.0], atol=1e-6)  # excess 2d, clamped at 1
+
+
 def test_condition_features_know_the_ecal_geometry():
     features = cqr.ConditionFeatures()
     conditions = torch.tensor(
@@ -128,7 +168,7 @@ def trained(samples, tmp_path_factory):
     out = tmp_path_factory.mktemp("cqr-bundle") / "tiny-cqr"
     cli.main([
         "train", "cqr", "--data", str(samples["data"]), "--mc", str(samples["mc"]), "--out", str(out),
-        "--name", "tiny-cqr", "--seed", "5", "--device", "cpu", "--epochs", "8", "--classifier-epochs", "8", "--batch-size", "1024",
+        "--name", "tiny-cqr", "--seed", "5", "--device", "cpu", "--steps", "100", "--classifier-steps", "100", "--batch-size", "1024",
         "--hidden", "16", "16", "--provenance", "toy_seed=21",
     ])
     return egproc.load(out, device="cpu")
@@ -173,6 +213,10 @@ def test_exported_module_equals_the_trained_chain(samples, tmp_path):
         eager, scripted = chain(inputs).numpy(), loaded(inputs).numpy()
     assert np.all(np.isfinite(eager))
     np.testing.assert_allclose(scripted, eager, rtol=1e-6, atol=1e-9)
+    # What the engine runs (the frozen module) gives the floats of the plain loaded file.
+    frozen = engine.load_artefact(tmp_path / "chain.pt", engine.sha256_of((tmp_path / "chain.pt").read_bytes()))
+    with torch.no_grad():
+        np.testing.assert_array_equal(frozen(inputs).numpy(), scripted)
     # Deterministic for a seed: a second training gives the same correction.
     again = cqr.train_chain(data["EE"], mc["EE"], cqr.CHAINS["EE"], settings=TINY, seed=3, label="EE")
     with torch.no_grad():
@@ -180,7 +224,7 @@ def test_exported_module_equals_the_trained_chain(samples, tmp_path):
 
 
 def test_corrected_mc_moves_towards_data(trained, samples):
-    """Even an 8-epoch chain of 16-unit networks on 40 k events moves the barrel sieie mean and
+    """Even a 100-step chain of 16-unit networks on 40 k events moves the barrel sieie mean and
     the pfPhoIso03 zero fraction (the toy MC has more zeros) of the probes most of the way to data
     (MC weighted by genWeight × the bundle's ρ weights, as in training)."""
     from egproc.probes import MASS_WINDOW, tag_probe_pairs
@@ -216,6 +260,8 @@ def test_up_and_down_bracket_nominal(trained, samples):
         centre = 0.5 * (flat(up[field]) + flat(down[field]))
         np.testing.assert_allclose(centre[ok], flat(nominal[field])[ok], rtol=1e-5, atol=1e-7)
         assert np.mean(flat(up[field])[ok] != flat(nominal[field])[ok]) > 0.9
+    for corrected in (nominal, up, down):  # the worst vertex includes the primary one (cqr.ABOVE)
+        assert np.all(flat(corrected.pfChargedIsoWorstVtx)[ok] >= flat(corrected.pfChargedIsoPFPV)[ok])
 
 
 def test_isolation_treatment_does_not_depend_on_chunking_or_selection(trained, samples):

@@ -34,8 +34,15 @@ def fudge_bundle(samples, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client():
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, Client(cluster) as c:
+    with pipeline.local_cluster(2) as cluster, Client(cluster) as c:
         yield c
+
+
+def test_local_cluster_workers_start_with_the_malloc_setting(client):
+    """pipeline.local_cluster adds WORKER_ENVIRONMENT to dask's own pre-spawn environment."""
+    seen = client.run(lambda: (os.environ.get("MALLOC_MMAP_THRESHOLD_"), os.environ.get("MALLOC_TRIM_THRESHOLD_")))
+    assert len(seen) == 2
+    assert set(seen.values()) == {(pipeline.WORKER_ENVIRONMENT["MALLOC_MMAP_THRESHOLD_"], "65536")}
 
 
 def assert_same_output(left, right):

@@ -57,6 +57,10 @@ def test_report_files_and_headline_figures(written):
     assert methods["fudge"]["variables"]["sieie"]["W1"]["ratio"] < raw_sieie / 2
     assert methods["fudge"]["variables"]["pfPhoIso03"]["W1"]["ratio"] == pytest.approx(methods["raw"]["variables"]["pfPhoIso03"]["W1"]["ratio"])
     assert set(summary["working_points"]) == {"wp80", "wp90"}
+    # The printed headline carries the same numbers, one column per stage.
+    lines = {line.split("  ")[0]: line.split() for line in report.headline(summary).splitlines()[1:]}
+    assert lines["classifier AUC"][2:4] == [f"{methods[s]['classifier_auc']['auc']:.3f}" for s in ("raw", "fudge")]
+    assert lines["W1/floor sieie"][2:4] == [f"{methods[s]['variables']['sieie']['W1']['ratio']:.2f}" for s in ("raw", "fudge")]
 
 
 def test_scale_factor_json_validates_and_evaluates(written):

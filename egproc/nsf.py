@@ -1,0 +1,323 @@
+"""Conditional neural spline flow: monotonic rational-quadratic spline coupling layers.
+
+The flow of Durkan, Bekasov, Murray & Papamakarios, "Neural Spline Flows", NeurIPS 2019
+(arXiv:1906.04032): an invertible map z = f(x | c) of D features x given C context features c,
+built from coupling layers whose element-wise transform is a monotonic rational-quadratic spline,
+with a standard-normal base, so that
+
+    log p(x | c) = log N(f(x | c); 0, 1) + log |det ∂f/∂x|.
+
+**Spline.** K bins cover [−B, B] in x and in y. From unnormalised parameters (θ^w, θ^h, θ^d) of
+one element,
+
+    w_k = δ_w + (1 − K δ_w) · softmax(θ^w)_k            (bin widths, in units of 2B),
+    h_k = δ_h + (1 − K δ_h) · softmax(θ^h)_k            (bin heights, likewise),
+    d_k = δ_d + softplus(θ^d_k + ln(e^{1−δ_d} − 1)),    k = 1 … K−1 (interior knot slopes),
+    d_0 = d_K = 1,
+
+so the knots are x_k = −B + 2B Σ_{j≤k} w_j (and y_k likewise), every bin is at least δ wide and
+high, and every slope at least δ_d (δ = 10⁻³ by default). The shift inside the softplus makes
+θ = 0 the identity: equal widths and heights give bin slopes s_k = h_k / w_k = 1 and all d_k = 1.
+Within bin k, with ξ = (x − x_k)/(x_{k+1} − x_k), s = (y_{k+1} − y_k)/(x_{k+1} − x_k),
+
+    y = y_k + (y_{k+1} − y_k) · [s ξ² + d_k ξ(1 − ξ)] / [s + (d_k + d_{k+1} − 2s) ξ(1 − ξ)],
+    dy/dx = s² [d_{k+1} ξ² + 2s ξ(1 − ξ) + d_k (1 − ξ)²] / [s + (d_k + d_{k+1} − 2s) ξ(1 − ξ)]²
+
+(the paper's §3.1). Outside [−B, B] the map is the identity; since the boundary slopes
+are 1, it is continuous with a continuous derivative there ("linear tails", log-det 0).
+The inverse solves the quadratic a ξ² + b ξ + c = 0 with, for Δy = y − y_k,
+
+    a = (y_{k+1} − y_k)(s − d_k) + Δy (d_k + d_{k+1} − 2s),
+    b = (y_{k+1} − y_k) d_k − Δy (d_k + d_{k+1} − 2s),
+    c = −s Δy,
+
+through the root ξ = 2c / (−b − √(b² − 4ac)) (the paper's closed form), which avoids the
+cancellation of the textbook form.
+
+**Coupling layer.** A binary mask splits x into an identity part x_A and a transformed part x_B:
+y_A = x_A, and each element of x_B goes through its own spline whose 3K − 1 parameters an MLP
+computes from (x_A, c). The Jacobian is triangular, so log |det| is the sum of the spline
+log-derivatives. The MLP's output layer starts at zero, so an untrained layer is the identity.
+
+**Flow.** :class:`SplineFlow` stacks coupling layers in pairs: with a fixed permutation π of
+the features (the identity for the first pair, a seeded random one for later pairs), the first
+layer of a pair transforms π's second half given its first, the second layer the reverse. Every
+feature is thus transformed once per pair and conditions the others. The permutation is expressed
+through the masks, so features are never reordered and no permutation layers are needed.
+
+Inputs (and context) should be standardised: the spline acts on [−B, B] with B = 5 by default and
+is the identity beyond. Every module here is TorchScript-compatible, with `transform`, `inverse`
+and `log_prob` exported.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from egproc.quantiles import hidden_layers
+
+__all__ = [
+    "MIN_BIN_WIDTH", "MIN_BIN_HEIGHT", "MIN_DERIVATIVE", "rational_quadratic_spline", "CouplingLayer", "SplineFlow",
+]
+
+#: Floor on a bin's width, as a fraction of the spline's range 2B.
+MIN_BIN_WIDTH = 1e-3
+#: Floor on a bin's height, as a fraction of 2B.
+MIN_BIN_HEIGHT = 1e-3
+#: Floor on the slope at an interior knot.
+MIN_DERIVATIVE = 1e-3
+
+
+def _knots(unnormalized: torch.Tensor, bound: float, minimum: float) -> torch.Tensor:
+    """Knot positions [..., K + 1] on [−bound, bound] from unnormalised bin sizes [..., K]."""
+    n_bins = unnormalized.shape[-1]
+    sizes = minimum + (1.0 - minimum * n_bins) * torch.softmax(unnormalized, dim=-1)
+    knots = F.pad(torch.cumsum(sizes, dim=-1), (1, 0), mode="constant", value=0.0)
+    knots = 2.0 * bound * knots - bound
+    # Pin the ends: the cumulative sum reaches 1 only up to rounding, and the tails must join the
+    # spline where it is exactly the identity.
+    end = torch.full_like(knots[..., :1], bound)
+    return torch.cat([-end, knots[..., 1:-1], end], dim=-1)
+
+
+def _in_bin(knots: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+    return knots.gather(-1, bins.unsqueeze(-1)).squeeze(-1)
+
+
+def rational_quadratic_spline(
+    inputs: torch.Tensor,
+    unnormalized_widths: torch.Tensor,
+    unnormalized_heights: torch.Tensor,
+    unnormalized_derivatives: torch.Tensor,
+    inverse: bool = False,
+    bound: float = 5.0,
+    min_bin_width: float = MIN_BIN_WIDTH,
+    min_bin_height: float = MIN_BIN_HEIGHT,
+    min_derivative: float = MIN_DERIVATIVE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Element-wise monotonic rational-quadratic spline on [−bound, bound], identity outside
+    (module docstring).
+
+    ``inputs`` [...] with unnormalised widths and heights [..., K] and interior derivatives
+    [..., K − 1] per element. Returns (outputs [...], log |d outputs / d inputs| [...]); with
+    ``inverse`` the inverse map and its own log-derivative (minus the forward one at the output).
+    """
+    n_bins = unnormalized_widths.shape[-1]
+    if min_bin_width * n_bins >= 1.0 or min_bin_height * n_bins >= 1.0:
+        raise ValueError("the minimum bin width and height times the number of bins must be below 1")
+    if unnormalized_heights.shape[-1] != n_bins or unnormalized_derivatives.shape[-1] != n_bins - 1:
+        raise ValueError("need K widths, K heights and K - 1 interior derivatives per element")
+
+    x_knots = _knots(unnormalized_widths, bound, min_bin_width)
+    y_knots = _knots(unnormalized_heights, bound, min_bin_height)
+    # Offset so that θ = 0 gives slope 1, the identity (softplus(offset) = 1 − min_derivative).
+    offset = math.log(math.expm1(1.0 - min_derivative))
+    interior = min_derivative + F.softplus(unnormalized_derivatives + offset)
+    derivatives = F.pad(interior, (1, 1), mode="constant", value=1.0)
+
+    inside = (inputs >= -bound) & (inputs <= bound)
+    # Evaluate the spline on clamped values everywhere and select afterwards: finite values (and
+    # finite gradients) in the unused branch, instead of indexing rows in and out.
+    clamped = inputs.clamp(-bound, bound).unsqueeze(-1).contiguous()
+    search = y_knots if inverse else x_knots
+    bins = torch.searchsorted(search.contiguous(), clamped, right=True).squeeze(-1) - 1
+    bins = bins.clamp(0, n_bins - 1)  # the upper bound itself belongs to the last bin
+    clamped = clamped.squeeze(-1)
+
+    x_low, x_high = _in_bin(x_knots, bins), _in_bin(x_knots, bins + 1)
+    y_low, y_high = _in_bin(y_knots, bins), _in_bin(y_knots, bins + 1)
+    d_low, d_high = _in_bin(derivatives, bins), _in_bin(derivatives, bins + 1)
+    width, height = x_high - x_low, y_high - y_low
+    slope = height / width
+    curvature = d_low + d_high - 2.0 * slope
+
+    if inverse:
+        rise = clamped - y_low
+        a = height * (slope - d_low) + rise * curvature
+        b = height * d_low - rise * curvature
+        c = -slope * rise
+        discriminant = (b * b - 4.0 * a * c).clamp_min(0.0)  # ≥ 0 in exact arithmetic
+        position = (2.0 * c) / (-b - torch.sqrt(discriminant))
+        outputs = x_low + position * width
+    else:
+        position = (clamped - x_low) / width
+        outputs = y_low + height * (slope * position * position + d_low * position * (1.0 - position)) / (
+            slope + curvature * position * (1.0 - position)
+        )
+
+    mixed = position * (1.0 - position)
+    denominator = slope + curvature * mixed
+    complement = 1.0 - position
+    numerator = slope * slope * (d_high * position * position + 2.0 * slope * mixed + d_low * complement * complement)
+    log_derivative = torch.log(numerator) - 2.0 * torch.log(denominator)
+    if inverse:
+        log_derivative = -log_derivative
+    outputs = torch.where(inside, outputs, inputs)
+    log_derivative = torch.where(inside, log_derivative, torch.zeros_like(log_derivative))
+    return outputs, log_derivative
+
+
+class CouplingLayer(nn.Module):
+    """x [n, D], context [n, C] → (y [n, D], log |det ∂y/∂x| [n]) (module docstring).
+
+    ``mask`` [D]: true (non-zero) for the features this layer transforms, false for those it
+    passes through and conditions on. The conditioner is an MLP with ``hidden`` SiLU layers on
+    [identity features, context]; its zero-initialised head makes a fresh layer the identity.
+    """
+
+    def __init__(
+        self,
+        features: int,
+        context: int,
+        mask: Sequence[bool] | Sequence[int],
+        bins: int = 8,
+        hidden: Sequence[int] = (64, 64),
+        bound: float = 5.0,
+        min_bin_width: float = MIN_BIN_WIDTH,
+        min_bin_height: float = MIN_BIN_HEIGHT,
+        min_derivative: float = MIN_DERIVATIVE,
+    ):
+        super().__init__()
+        transformed = [bool(m) for m in mask]
+        if len(transformed) != features:
+            raise ValueError(f"mask has {len(transformed)} entries for {features} features")
+        if not any(transformed):
+            raise ValueError("the mask transforms no feature")
+        if bins < 2:
+            raise ValueError(f"need at least 2 bins, got {bins}")
+        if max(min_bin_width, min_bin_height) * bins >= 1.0:
+            raise ValueError("the minimum bin width and height times the number of bins must be below 1")
+        if bound <= 0:
+            raise ValueError(f"bound must be positive, got {bound}")
+        identity_index = [i for i, t in enumerate(transformed) if not t]
+        transform_index = [i for i, t in enumerate(transformed) if t]
+        if not identity_index and context == 0:
+            raise ValueError("a layer that transforms every feature needs context to condition on")
+        self.register_buffer("identity_index", torch.tensor(identity_index, dtype=torch.long))
+        self.register_buffer("transform_index", torch.tensor(transform_index, dtype=torch.long))
+        self.bins = bins
+        self.n_transformed = len(transform_index)
+        self.bound = float(bound)
+        self.min_bin_width = float(min_bin_width)
+        self.min_bin_height = float(min_bin_height)
+        self.min_derivative = float(min_derivative)
+        layers, width = hidden_layers(len(identity_index) + context, hidden)
+        head = nn.Linear(width, self.n_transformed * (3 * bins - 1))
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+        self.conditioner = nn.Sequential(*layers, head)
+
+    def _spline(self, x: torch.Tensor, context: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        conditioning = torch.cat([x.index_select(1, self.identity_index), context], dim=1)
+        parameters = self.conditioner(conditioning).reshape(x.shape[0], self.n_transformed, 3 * self.bins - 1)
+        k = self.bins
+        outputs, log_derivative = rational_quadratic_spline(
+            x.index_select(1, self.transform_index),
+            parameters[..., :k],
+            parameters[..., k : 2 * k],
+            parameters[..., 2 * k :],
+            inverse,
+            self.bound,
+            self.min_bin_width,
+            self.min_bin_height,
+            self.min_derivative,
+        )
+        return x.index_copy(1, self.transform_index, outputs), log_derivative.sum(dim=1)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._spline(x, context, False)
+
+    @torch.jit.export
+    def inverse(self, y: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        # The identity features are untouched, so the conditioner sees the same inputs as forward.
+        return self._spline(y, context, True)[0]
+
+
+class SplineFlow(nn.Module):
+    """Conditional density of x [n, D] given context [n, C]: z = f(x | c) ~ N(0, 1) (module docstring).
+
+    ``transforms`` coupling layers of ``bins`` spline bins on [−``bound``, ``bound``] with
+    ``hidden`` conditioner layers; ``seed`` fixes the initial weights. The mask permutations are
+    fixed (they depend on ``features`` and ``transforms`` only), so two flows of the same shape
+    share their structure whatever their seeds. Untrained, the flow is the identity.
+    ``forward`` is ``log_prob``.
+    """
+
+    def __init__(
+        self,
+        features: int,
+        context: int,
+        transforms: int = 6,
+        bins: int = 8,
+        hidden: Sequence[int] = (64, 64),
+        bound: float = 5.0,
+        seed: int | None = None,
+    ):
+        super().__init__()
+        if features < 1 or context < 0 or transforms < 1:
+            raise ValueError(
+                f"need features ≥ 1, context ≥ 0, transforms ≥ 1; got {features}, {context}, {transforms}"
+            )
+        self.features = features
+        self.context = context
+        masks = self.masks(features, transforms)
+        with torch.random.fork_rng():
+            if seed is not None:
+                torch.manual_seed(seed)
+            self.layers = nn.ModuleList(
+                [CouplingLayer(features, context, mask, bins, hidden, bound) for mask in masks]
+            )
+        self.log_normaliser = 0.5 * features * math.log(2.0 * math.pi)
+
+    @staticmethod
+    def masks(features: int, transforms: int) -> list[list[bool]]:
+        """The transformed-feature mask of each layer: pairs of complementary halves of a fixed
+        permutation per pair (the identity first, then seeded draws); with one feature, every
+        layer transforms it given the context alone."""
+        if features == 1:
+            return [[True] for _ in range(transforms)]
+        # A private generator: the structure must not depend on, nor disturb, the global RNG.
+        generator = torch.Generator().manual_seed(0)
+        masks: list[list[bool]] = []
+        for layer in range(transforms):
+            if layer % 2 == 0:
+                order = torch.arange(features) if layer == 0 else torch.randperm(features, generator=generator)
+                second_half = set(order[features // 2 :].tolist())
+                mask = [i in second_half for i in range(features)]
+            else:
+                mask = [not m for m in masks[-1]]
+            masks.append(mask)
+        return masks
+
+    @torch.jit.export
+    def transform(self, x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [n, D] → (z [n, D], log |det ∂z/∂x| [n])."""
+        logdet = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        for layer in self.layers:
+            x, layer_logdet = layer(x, context)
+            logdet = logdet + layer_logdet
+        return x, logdet
+
+    @torch.jit.export
+    def inverse(self, z: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """z [n, D] → x [n, D] with f(x | c) = z."""
+        for i in range(len(self.layers) - 1, -1, -1):
+            # TorchScript cannot index a ModuleList with a variable, nor iterate it reversed.
+            for j, layer in enumerate(self.layers):
+                if j == i:
+                    z = layer.inverse(z, context)
+        return z
+
+    @torch.jit.export
+    def log_prob(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """log p(x | c) [n]."""
+        z, logdet = self.transform(x, context)
+        return logdet - 0.5 * (z * z).sum(dim=1) - self.log_normaliser
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self.log_prob(x, context)

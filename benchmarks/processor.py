@@ -4,7 +4,8 @@ Generates a toy MC sample, derives fudge factors, then times ``apply_to_fileset`
 of the processor without a bundle, with the fudge factors, and with the shipped CQR chain
 (``corrections/toy-cqr``: EB and EE modules, every data and MC network), best of ``--repeat``, on
 ``--workers`` processes. Each corrected configuration also fills the histograms of its stage and
-re-evaluates the photon ID on the corrected fields. Workers get
+re-evaluates the photon ID on the corrected fields; the "no raw MC stage" ones fill MC at the
+corrected stage only (``raw_mc=False``), the histogram work of the uncorrected run. Workers get
 ``egproc.pipeline.WORKER_ENVIRONMENT`` unless ``--dask-malloc``.
 
 It then times each bundle's ``apply`` alone on the probes of one 100 k-event chunk, eagerly in
@@ -49,6 +50,10 @@ def main() -> None:
             "uncorrected": TagAndProbeProcessor(None),
             "fudge (correctionlib)": TagAndProbeProcessor(bundle),
             "cqr (TorchScript chain)": TagAndProbeProcessor(cqr),
+            # MC filled at its corrected stage only: the histogram work of the uncorrected run,
+            # plus the correction and the ID re-evaluated on its fields.
+            "fudge, no raw MC stage": TagAndProbeProcessor(bundle, raw_mc=False),
+            "cqr, no raw MC stage": TagAndProbeProcessor(cqr, raw_mc=False),
         }
         cluster = (
             LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0")
@@ -68,7 +73,7 @@ def main() -> None:
         print(f"tag and probe on {args.events:,} MC events, {args.workers} dask worker processes ({environment}), best of {args.repeat}:")
         for name, seconds in timings.items():
             ratio = seconds / timings["uncorrected"]
-            print(f"  {name:<24} {seconds:7.2f} s   {args.events / seconds:10,.0f} events/s   ×{ratio:.2f}")
+            print(f"  {name:<26} {seconds:7.2f} s   {args.events / seconds:10,.0f} events/s   ×{ratio:.2f}")
         correction_alone(files["mc"][0], {"fudge (correctionlib)": bundle, "cqr (TorchScript chain)": cqr}, args.repeat)
 
 

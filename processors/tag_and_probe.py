@@ -65,6 +65,10 @@ class TagAndProbeProcessor(processor.ProcessorABC):
         Photon fields ``photon_id`` reads (checked before the run like the variables).
     reweighting:
         The bundle whose ``rho`` event weight reweights MC (default: the first correction with one).
+    raw_mc:
+        Fill the ``raw`` stage for MC too (default). ``False`` fills MC only at its corrected stages,
+        as an analysis that applies a correction would (the report needs ``raw``; the processor
+        benchmark uses this to time the correction against the uncorrected processor).
     """
 
     def __init__(
@@ -76,6 +80,7 @@ class TagAndProbeProcessor(processor.ProcessorABC):
         photon_id: PhotonID | None = toy_mva_id,
         photon_id_inputs: tuple[str, ...] = MVA_INPUTS,
         reweighting: Bundle | None = None,
+        raw_mc: bool = True,
     ):
         if isinstance(corrections, Bundle):
             corrections = {corrections.manifest.method: corrections}
@@ -95,6 +100,7 @@ class TagAndProbeProcessor(processor.ProcessorABC):
         if reweighting is None:
             reweighting = next((b for b, _ in self.corrections.values() if b.manifest.event_weights), None)
         self.reweighting = reweighting
+        self.raw_mc = raw_mc
 
     @property
     def stages(self) -> tuple[str, ...]:
@@ -126,6 +132,9 @@ class TagAndProbeProcessor(processor.ProcessorABC):
         if is_mc:
             stages.update({name: flat(b.apply(pairs.probe, events, variation=v)) for name, (b, v) in self.corrections.items()})
         rho_flat = flat(pair_rho)
+        raw = stages["raw"]  # kinematics: no correction changes them
+        if is_mc and self.corrections and not self.raw_mc:
+            del stages["raw"]
         id_scores = {
             stage: probes.mvaID if stage == "raw" or self.photon_id is None else self._photon_id(probes, rho_flat, dask_mode)
             for stage, probes in stages.items()
@@ -136,7 +145,6 @@ class TagAndProbeProcessor(processor.ProcessorABC):
         stage_axis = hist.axis.StrCategory(list(self.stages), name="stage")
         histograms = {}
 
-        raw = stages["raw"]
         mass = flat(pairs.mass)
         weight_all = flat(pair_weight)
         abseta_all = np.abs(raw.superclusterEta)

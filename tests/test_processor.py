@@ -78,6 +78,18 @@ def test_every_executor_gives_the_same_histograms(samples, fudge_bundle, client)
         assert_same_output(reference, other)
 
 
+def test_mc_can_skip_its_raw_stage_without_changing_the_corrected_one(samples, fudge_bundle):
+    full = pipeline.run_with_runner(TagAndProbeProcessor(fudge_bundle), {"mc": samples["mc"]}, executor="iterative", chunksize=8_000)
+    lean = pipeline.run_with_runner(
+        TagAndProbeProcessor(fudge_bundle, raw_mc=False), {"mc": samples["mc"]}, executor="iterative", chunksize=8_000
+    )
+    for name, h in full["mc"]["histograms"].items():
+        np.testing.assert_array_equal(lean["mc"]["histograms"][name][{"stage": "fudge"}].values(), h[{"stage": "fudge"}].values())
+        assert lean["mc"]["histograms"][name][{"stage": "raw"}].values().sum() == 0, name
+    assert not any(k.startswith("raw/") for k in lean["mc"]["probes"])
+    np.testing.assert_array_equal(lean["mc"]["probes"]["fudge/sieie"], full["mc"]["probes"]["fudge/sieie"])
+
+
 def _loads_by_process(log: Path) -> Counter:
     lines = [line.split("\t") for line in log.read_text().splitlines()]
     return Counter((pid, path) for pid, _, path in lines)

@@ -355,7 +355,7 @@ def _evaluate(correction: Any, columns: Mapping[str, np.ndarray], branches: Sequ
     )
 
 
-_bundles: dict[tuple[str, str, str, int], Bundle] = {}
+_bundles: dict[tuple[str, str, str, int | None], Bundle] = {}
 
 
 def _restore(path: str, manifest_sha256: str, device: str, batch_size: int | None) -> Bundle:

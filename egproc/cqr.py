@@ -346,7 +346,6 @@ class SplitVariation(nn.Module):
         self.half_b = half_b
         self.sign = sign
         self.register_buffer("zero_peak", torch.tensor(list(zero_peak), dtype=torch.bool))
-        self.references = list(nominal.references)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         shifted = self.nominal(inputs) + self.sign * 0.5 * (self.half_a(inputs) - self.half_b(inputs))
@@ -355,7 +354,7 @@ class SplitVariation(nn.Module):
         columns = shifted.unbind(1)
         ordered: list[torch.Tensor] = []
         for i, column in enumerate(columns):
-            reference = self.references[i]
+            reference = self.nominal.references[i]
             ordered.append(torch.maximum(column, ordered[reference]) if reference >= 0 else column)
         return torch.stack(ordered, dim=1)
 

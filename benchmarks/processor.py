@@ -1,10 +1,10 @@
 """Tag-and-probe processor wall time with and without a correction, on a local dask cluster.
 
 Generates a toy MC sample, derives fudge factors, then times ``apply_to_fileset`` + ``dask.compute``
-of the processor without a bundle, with the fudge factors, and with the shipped CQR chain
-(``corrections/toy-cqr``: EB and EE modules, every data and MC network), best of ``--repeat``, on
-``--workers`` processes. Each corrected configuration also fills the histograms of its stage and
-re-evaluates the photon ID on the corrected fields; the "no raw MC stage" ones fill MC at the
+of the processor without a bundle, with the fudge factors, and with each network bundle shipped in
+``corrections/`` (``toy-cqr``: every data and MC network of the chain; ``toy-flow``: the flow,
+forward as MC and inverse as data), best of ``--repeat``, on ``--workers`` processes. Each
+corrected configuration also fills the histograms of its stage and re-evaluates the photon ID on the corrected fields; the "no raw MC stage" ones fill MC at the
 corrected stage only (``raw_mc=False``), the histogram work of the uncorrected run. Workers get
 ``egproc.pipeline.WORKER_ENVIRONMENT`` unless ``--dask-malloc``.
 
@@ -44,17 +44,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         paths = toy.generate_samples(Path(tmp), args.events, seed=5, files_per_sample=args.workers, workers=args.workers)
         files = pipeline.group_samples(paths)
-        bundle = egproc.load(fudge.train(files["data"], files["mc"], Path(tmp) / "fudge"))
-        cqr = egproc.load(Path(__file__).resolve().parents[1] / "corrections" / "toy-cqr")
-        configurations = {
-            "uncorrected": TagAndProbeProcessor(None),
-            "fudge (correctionlib)": TagAndProbeProcessor(bundle),
-            "cqr (TorchScript chain)": TagAndProbeProcessor(cqr),
-            # MC filled at its corrected stage only: the histogram work of the uncorrected run,
-            # plus the correction and the ID re-evaluated on its fields.
-            "fudge, no raw MC stage": TagAndProbeProcessor(bundle, raw_mc=False),
-            "cqr, no raw MC stage": TagAndProbeProcessor(cqr, raw_mc=False),
-        }
+        bundles = {"fudge": egproc.load(fudge.train(files["data"], files["mc"], Path(tmp) / "fudge"))}
+        bundles.update({name: egproc.load(path) for name, path in pipeline.SHIPPED_BUNDLES.items() if path.is_dir()})
+        configurations = {"uncorrected": TagAndProbeProcessor(None)}
+        configurations.update({name: TagAndProbeProcessor(bundle) for name, bundle in bundles.items()})
+        # MC filled at its corrected stage only: the histogram work of the uncorrected run, plus
+        # the correction and the ID re-evaluated on its fields.
+        configurations.update(
+            {f"{name}, no raw MC stage": TagAndProbeProcessor(bundle, raw_mc=False) for name, bundle in bundles.items()}
+        )
         cluster = (
             LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0")
             if args.dask_malloc else pipeline.local_cluster(args.workers)
@@ -74,7 +72,7 @@ def main() -> None:
         for name, seconds in timings.items():
             ratio = seconds / timings["uncorrected"]
             print(f"  {name:<26} {seconds:7.2f} s   {args.events / seconds:10,.0f} events/s   ×{ratio:.2f}")
-        correction_alone(files["mc"][0], {"fudge (correctionlib)": bundle, "cqr (TorchScript chain)": cqr}, args.repeat)
+        correction_alone(files["mc"][0], bundles, args.repeat)
 
 
 def correction_alone(path: str, bundles: dict, repeat: int) -> None:
@@ -95,7 +93,10 @@ def correction_alone(path: str, bundles: dict, repeat: int) -> None:
             bundle.apply(probes, events)
             runs.append(time.perf_counter() - start)
         best = min(runs[1:])
-        print(f"  {name:<24} {best * 1e3:7.1f} ms   {n_probes / best:10,.0f} probes/s")
+        # Training time as the training command recorded it (all regions and split halves).
+        trained = bundle.manifest.provenance.get("training_seconds", {})
+        training = f"trained in {sum(trained.values()) / 60:.1f} min" if trained else ""
+        print(f"  {name:<24} {best * 1e3:7.1f} ms   {n_probes / best:10,.0f} probes/s   {training}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     egproc generate --out samples --events 1000000 --seed 1
     egproc train fudge --data samples/data_*.root --mc samples/mc_*.root --out corrections/toy-fudge
     egproc train cqr --data samples/data_*.root --mc samples/mc_*.root --out corrections/toy-cqr --seed 1
+    egproc train flow --data samples/data_*.root --mc samples/mc_*.root --out corrections/toy-flow --seed 1
     egproc check corrections/toy-fudge samples/mc_0.root
     egproc report egproc-demo/output --out egproc-demo/report
     egproc run --workdir egproc-demo
@@ -53,6 +54,22 @@ def _train_cqr(args: argparse.Namespace) -> None:
     print(f"wrote bundle {folder}")
 
 
+def _train_flow(args: argparse.Namespace) -> None:
+    from egproc import flow
+
+    given = {
+        "transforms": args.transforms, "bins": args.bins, "hidden": tuple(args.hidden) if args.hidden else None,
+        "steps": args.steps, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
+    }
+    settings = flow.Settings(**{k: v for k, v in given.items() if v is not None})
+    notes = dict(item.split("=", 1) for item in args.provenance)
+    folder = flow.train(
+        args.data, args.mc, args.out, settings=settings, seed=args.seed, device=args.device,
+        name=args.name, splits=not args.no_splits, provenance=notes,
+    )
+    print(f"wrote bundle {folder}")
+
+
 def _check(args: argparse.Namespace) -> None:
     import egproc
 
@@ -82,7 +99,10 @@ def _run(args: argparse.Namespace) -> None:
         workers=args.workers,
         step_size=args.step_size,
         bundle_path=args.bundle,
-        **({} if args.cqr is None else {"cqr_path": None if args.cqr == "none" else args.cqr}),
+        bundles={
+            name: None if path == "none" else path
+            for name, path in (("cqr", args.cqr), ("flow", args.flow)) if path is not None
+        },
     )
 
 
@@ -90,6 +110,21 @@ def _key_value(text: str) -> str:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     return text
+
+
+def _training_arguments(parser: argparse.ArgumentParser, default_name: str) -> None:
+    """The arguments every network-training method takes."""
+    parser.add_argument("--data", nargs="+", required=True, help="data NanoAOD files")
+    parser.add_argument("--mc", nargs="+", required=True, help="MC NanoAOD files")
+    parser.add_argument("--out", required=True, help="bundle folder to write")
+    parser.add_argument("--name", default=default_name)
+    parser.add_argument("--seed", type=int, default=0, help="seeds every network and shuffle (deterministic on CPU)")
+    parser.add_argument("--device", default="auto", help="auto (a GPU when present), cpu or cuda:N")
+    parser.add_argument("--no-splits", action="store_true", help="skip the split-sample trainings (no up/down variations)")
+    parser.add_argument(
+        "--provenance", nargs="*", default=[], metavar="KEY=VALUE", type=_key_value,
+        help="facts to record in the bundle, e.g. toy_seed=2026",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -118,23 +153,23 @@ def _parser() -> argparse.ArgumentParser:
     fudge.set_defaults(handler=_train_fudge)
 
     cqr = methods.add_parser("cqr", help="chained quantile regression with neural networks (TorchScript chain)")
-    cqr.add_argument("--data", nargs="+", required=True, help="data NanoAOD files")
-    cqr.add_argument("--mc", nargs="+", required=True, help="MC NanoAOD files")
-    cqr.add_argument("--out", required=True, help="bundle folder to write")
-    cqr.add_argument("--name", default="toy-cqr")
-    cqr.add_argument("--seed", type=int, default=0, help="seeds every network and shuffle (deterministic on CPU)")
-    cqr.add_argument("--device", default="auto", help="auto (a GPU when present), cpu or cuda:N")
+    _training_arguments(cqr, "toy-cqr")
     cqr.add_argument("--steps", type=int, help="optimiser steps per quantile network (default: egproc.cqr.Settings)")
     cqr.add_argument("--classifier-steps", type=int, help="optimiser steps per zero-peak classifier")
     cqr.add_argument("--hidden", type=int, nargs="+", help="hidden layer sizes of the quantile networks")
     cqr.add_argument("--batch-size", type=int)
     cqr.add_argument("--learning-rate", type=float)
-    cqr.add_argument("--no-splits", action="store_true", help="skip the split-sample chains (no up/down variations)")
-    cqr.add_argument(
-        "--provenance", nargs="*", default=[], metavar="KEY=VALUE", type=_key_value,
-        help="facts to record in the bundle, e.g. toy_seed=2026",
-    )
     cqr.set_defaults(handler=_train_cqr)
+
+    flow = methods.add_parser("flow", help="one normalizing flow with a data/MC switch (TorchScript module per region)")
+    _training_arguments(flow, "toy-flow")
+    flow.add_argument("--steps", type=int, help="optimiser steps per flow (default: egproc.flow.Settings)")
+    flow.add_argument("--transforms", type=int, help="spline coupling layers")
+    flow.add_argument("--bins", type=int, help="spline bins per transformed feature")
+    flow.add_argument("--hidden", type=int, nargs="+", help="hidden layer sizes of the coupling conditioners")
+    flow.add_argument("--batch-size", type=int)
+    flow.add_argument("--learning-rate", type=float)
+    flow.set_defaults(handler=_train_flow)
 
     check = commands.add_parser("check", help="verify a bundle and check files have its branches")
     check.add_argument("bundle")
@@ -147,7 +182,7 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--no-classifier", action="store_true", help="skip the classifier two-sample test")
     report.set_defaults(handler=_report)
 
-    run = commands.add_parser("run", help="generate → derive fudge factors → tag and probe (fudge and CQR stages) under dask")
+    run = commands.add_parser("run", help="generate → derive fudge factors → tag and probe (fudge, CQR and flow stages) under dask")
     run.add_argument("--workdir", default="egproc-demo")
     run.add_argument("--events", type=int, default=400_000, help="events per sample")
     run.add_argument("--seed", type=int, default=7, help="toy seed (the shipped bundles were trained on 2026)")
@@ -155,6 +190,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--step-size", type=int, default=100_000, help="events per dask partition")
     run.add_argument("--bundle", default=None, help="use this fudge bundle instead of deriving one")
     run.add_argument("--cqr", default=None, help="CQR bundle of the cqr stage (default: corrections/toy-cqr; 'none' to skip)")
+    run.add_argument("--flow", default=None, help="flow bundle of the flow stage (default: corrections/toy-flow; 'none' to skip)")
     run.set_defaults(handler=_run)
     return parser
 

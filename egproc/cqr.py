@@ -106,6 +106,7 @@ __all__ = [
     "FollowerZeroStep",
     "Chain",
     "SplitVariation",
+    "leader_columns",
     "TrainingSample",
     "train_chain",
     "read_samples",
@@ -337,26 +338,57 @@ class Chain(nn.Module):
 
 class SplitVariation(nn.Module):
     """nominal ± (half A − half B)/2 per variable (module docstring); ``zero_peak`` [n_variables]
-    marks the variables floored at 0."""
+    marks the variables floored at 0, ``leaders`` [n_variables] the column whose zero peak a
+    variable shares (:data:`FOLLOWS`), or −1.
 
-    def __init__(self, nominal: Chain, half_a: Chain, half_b: Chain, sign: float, zero_peak: Sequence[bool]):
+    The shift acts on each variable alone, so it could break what the corrections guarantee
+    jointly; that is restored afterwards: a variable with a reference (:data:`ABOVE`) stays above
+    it, and a follower is zero exactly where its leader is — where the leader is in its tail but
+    the shifted follower is not, the follower takes the largest of its three values, which is
+    positive (one of the corrections that put the leader in its tail put the follower there too).
+    Works for any module with the chain's signature and a ``references`` list.
+    """
+
+    def __init__(
+        self,
+        nominal: nn.Module,
+        half_a: nn.Module,
+        half_b: nn.Module,
+        sign: float,
+        zero_peak: Sequence[bool],
+        leaders: Sequence[int] | None = None,
+    ):
         super().__init__()
         self.nominal = nominal
         self.half_a = half_a
         self.half_b = half_b
         self.sign = sign
         self.register_buffer("zero_peak", torch.tensor(list(zero_peak), dtype=torch.bool))
+        self.leaders = list(leaders) if leaders is not None else [-1] * len(zero_peak)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        shifted = self.nominal(inputs) + self.sign * 0.5 * (self.half_a(inputs) - self.half_b(inputs))
+        nominal, half_a, half_b = self.nominal(inputs), self.half_a(inputs), self.half_b(inputs)
+        shifted = nominal + self.sign * 0.5 * (half_a - half_b)
         shifted = torch.where(self.zero_peak & (shifted < 0.0), torch.zeros_like(shifted), shifted)
-        # The shift must not undo the ordering the chain guarantees (ABOVE).
         columns = shifted.unbind(1)
         ordered: list[torch.Tensor] = []
         for i, column in enumerate(columns):
+            leader = self.leaders[i]
+            if leader >= 0:
+                largest = torch.maximum(nominal[:, i], torch.maximum(half_a[:, i], half_b[:, i]))
+                column = torch.where(
+                    ordered[leader] <= 0.0, torch.zeros_like(column), torch.where(column > 0.0, column, largest)
+                )
             reference = self.nominal.references[i]
             ordered.append(torch.maximum(column, ordered[reference]) if reference >= 0 else column)
         return torch.stack(ordered, dim=1)
+
+
+def leader_columns(variables: Sequence[str]) -> list[int]:
+    """Per variable, the column of the earlier variable whose zero peak it shares (:data:`FOLLOWS`), or −1."""
+    position = {name: i for i, name in enumerate(variables)}
+    return [position[FOLLOWS[v]] if position.get(FOLLOWS.get(v, ""), len(variables)) < i else -1
+            for i, v in enumerate(variables)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -625,15 +657,17 @@ def read_samples(
     return by_region(data, data.weight), by_region(mc, mc_weight), facts
 
 
-def uniform_correction(field_name: str, salt: int) -> cs.Correction:
-    """``cqr_uniform_<field>``: a uniform on [0, 1) per object from a hash of its identity; the
-    salt (added to φ before hashing) makes each variable's stream independent of the others."""
+def uniform_correction(
+    field_name: str, salt: int, prefix: str = "cqr", purpose: str = "peak/tail migration of CQR"
+) -> cs.Correction:
+    """``<prefix>_uniform_<field>``: a uniform on [0, 1) per object from a hash of its identity;
+    the salt (added to φ before hashing) makes each variable's stream independent of the others."""
     names = ["run", "luminosityBlock", "event", "pt", "eta", "phi"]
     types = ["int", "int", "int", "real", "real", "real"]
     return cs.Correction(
-        name=f"cqr_uniform_{field_name}",
+        name=f"{prefix}_uniform_{field_name}",
         description=(
-            f"Per-photon uniform for the Photon_{field_name} peak/tail migration of CQR: hashprng of "
+            f"Per-photon uniform for the Photon_{field_name} {purpose}: hashprng of "
             f"(run, luminosityBlock, event, raw Photon_pt, Photon_eta, Photon_phi + {salt})"
         ),
         version=1,
@@ -648,14 +682,17 @@ def uniform_correction(field_name: str, salt: int) -> cs.Correction:
     )
 
 
-def validity_correction(pt_range: tuple[float, float], rho_range: tuple[float, float]) -> cs.Correction:
-    """``cqr_validity``: 1 where the networks were trained (pT and ρ range, EB or EE), else 0."""
+def validity_correction(
+    pt_range: tuple[float, float], rho_range: tuple[float, float], name: str = "cqr_validity", method: str = "CQR"
+) -> cs.Correction:
+    """``cqr_validity`` (or ``name``): 1 where the networks were trained (pT and ρ range, EB or
+    EE), else 0."""
     return cs.Correction(
-        name="cqr_validity",
+        name=name,
         description=(
-            "1 inside the CQR training domain: pt in [{:g}, {:g}) GeV, rho in [{:g}, {:g}) GeV, |superclusterEta| "
+            "1 inside the {} training domain: pt in [{:g}, {:g}) GeV, rho in [{:g}, {:g}) GeV, |superclusterEta| "
             "in EB [0, 1.4442) or EE [1.566, 2.5); 0 elsewhere (objects are passed through, flagged)"
-        ).format(*pt_range, *rho_range),
+        ).format(method, *pt_range, *rho_range),
         version=1,
         inputs=[
             cs.Variable(name="pt", type="real", description="Photon_pt (GeV)"),
@@ -816,4 +853,4 @@ def _exported(chains: Mapping[str, Chain], variation: str, variables: Sequence[s
         return chains[variation]
     zero_peak = [v in ZERO_PEAK for v in variables]
     sign = {"up": 1.0, "down": -1.0}[variation]
-    return SplitVariation(chains["nominal"], chains["half_a"], chains["half_b"], sign, zero_peak)
+    return SplitVariation(chains["nominal"], chains["half_a"], chains["half_b"], sign, zero_peak, leader_columns(variables))

@@ -181,8 +181,10 @@ def format_agreement(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-#: The CQR bundle shipped with the repository (``corrections/toy-cqr``), when running from a checkout.
-SHIPPED_CQR = Path(__file__).resolve().parents[1] / "corrections" / "toy-cqr"
+#: The network bundles shipped with the repository, by stage name, when running from a checkout.
+SHIPPED_BUNDLES: dict[str, Path] = {
+    method: Path(__file__).resolve().parents[1] / "corrections" / f"toy-{method}" for method in ("cqr", "flow")
+}
 
 
 def demo(
@@ -193,15 +195,16 @@ def demo(
     workers: int = 2,
     step_size: int = 100_000,
     bundle_path: str | Path | None = None,
-    cqr_path: str | Path | None = SHIPPED_CQR,
+    bundles: Mapping[str, str | Path | None] | None = None,
 ) -> dict[str, Any]:
     """Generate toy samples, derive fudge factors, run the processor on a local dask cluster with
-    the fudge factors and the shipped CQR bundle as stages, and write the fidelity report.
+    the fudge factors and the shipped CQR and flow bundles as stages, and write the fidelity report.
 
     Writes ``<workdir>/samples/*.root``, ``<workdir>/bundles/toy-fudge`` (unless ``bundle_path``
     is given), ``<workdir>/output`` (see :mod:`egproc.histio`) and ``<workdir>/report``; prints the
-    agreement table and returns the output. The shipped CQR bundle was trained on toy seed 2026,
-    so the default seed here gives samples it never saw; ``cqr_path=None`` leaves the stage out.
+    agreement table and returns the output. ``bundles`` replaces shipped bundles by stage name
+    (:data:`SHIPPED_BUNDLES`; ``None`` leaves the stage out). The shipped bundles were trained on
+    toy seed 2026, so the default seed here gives samples they never saw.
     """
     from dask.distributed import Client
 
@@ -225,11 +228,14 @@ def demo(
     else:
         print(f"[2/5] using bundle {bundle_path}")
     stages = {"fudge": egproc.load(bundle_path)}
-    if cqr_path == SHIPPED_CQR and not SHIPPED_CQR.is_dir():
-        print("      no corrections/toy-cqr beside this installation: the cqr stage is left out")
-    elif cqr_path is not None:
-        stages["cqr"] = egproc.load(cqr_path)
-        print(f"      and the CQR bundle {cqr_path}")
+    for name, path in {**SHIPPED_BUNDLES, **(bundles or {})}.items():
+        if path is None:
+            continue
+        if path == SHIPPED_BUNDLES.get(name) and not Path(path).is_dir():
+            print(f"      no {path.name} beside this installation: the {name} stage is left out")
+            continue
+        stages[name] = egproc.load(path)
+        print(f"      and the {name} bundle {path}")
     for bundle in stages.values():
         for paths in files.values():
             for path in paths:

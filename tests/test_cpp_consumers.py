@@ -184,14 +184,16 @@ def test_shipped_bundle_corrections_in_cpp(consumer, tmp_path):
     assert_corrections_identical(consumer, json_path, lambda names: random_inputs(rng, names), tmp_path)
 
 
-def test_shipped_cqr_chain_in_libtorch(consumer, tmp_path):
-    """The whole CQR correction of a region (every network, the chain, the morphing and the
-    zero-peak migration) gives the same floats in libtorch C++ as in Python."""
-    folder = Path(__file__).resolve().parents[1] / "corrections" / "toy-cqr"
+@pytest.mark.parametrize("method", ["cqr", "flow"])
+def test_shipped_network_correction_in_libtorch(consumer, tmp_path, method):
+    """The whole correction of a region gives the same floats in libtorch C++ as in Python: for
+    CQR every network, the chain, the morphing and the zero-peak migration; for the flow the
+    encoding, the flow forward as MC, its inverse as data, and the decoding."""
+    folder = Path(__file__).resolve().parents[1] / "corrections" / f"toy-{method}"
     rng = np.random.default_rng(5)
     n = 3000
     for region, n_variables, n_uniforms in (("EB", 9, 3), ("EE", 11, 5)):
-        model_path = folder / f"cqr_{region}_nominal.pt"
+        model_path = folder / f"{method}_{region}_nominal.pt"
         eta = rng.uniform(0.0, 1.44, n) if region == "EB" else rng.uniform(1.57, 2.5, n)
         conditions = np.column_stack([rng.uniform(20, 150, n), eta * rng.choice([-1, 1], n), rng.uniform(-np.pi, np.pi, n), rng.uniform(0, 45, n)])
         # Plausible raw values (sieip around 0, fractions below 1, widths, isolations with zeros).

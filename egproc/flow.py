@@ -1,0 +1,495 @@
+"""One normalizing flow with a data/MC switch: every shower-shape and isolation variable at once.
+
+The method of "One flow to correct them all" (CMS; a single conditional normalizing flow with a
+boolean condition). Per ECAL region, one conditional density p(x | c, s) of the D corrected
+variables x, given the conditions c = (pT, η_SC, φ, ρ) and the switch s (1 for data, 0 for MC), is
+learnt by maximum likelihood on data and MC together. An MC object is corrected by
+
+    z = f(x | c, s = 0),        x' = f⁻¹(z | c, s = 1),
+
+i.e. it keeps its place z in the base distribution and is read back through the data density.
+Where f is the exact density of both samples this is the optimal-transport-like map of the flow's
+triangular structure, and it moves all D variables jointly: correlations are corrected with the
+marginals, with no chain to order. f is the neural spline flow of :mod:`egproc.nsf` (Durkan et
+al. 2019): coupling layers of monotonic rational-quadratic splines, so f⁻¹ is one pass as well.
+
+**Encoding.** The flow sees every variable through a fixed, invertible per-variable map
+(:class:`Encoding`), fitted on the pooled training sample:
+
+* zero-peak variables (isolations, preshower) are *dequantised*: a tail value y > 0 becomes
+  v = ln(1 + y/s) (s: the pooled tail median, so heavy tails stay compact), a peak value (y = 0)
+  becomes v = −w·u with u a per-object uniform on [0, 1) and w = :data:`PEAK_WIDTH`. So the
+  peak is a block of v < 0 beside the tail at v > 0, and decoding maps v' ≤ 0 back to exactly
+  zero: corrected isolations keep a real zero peak, with the fraction the data density gives.
+  u comes from a correctionlib ``hashprng`` of (run, luminosityBlock, event, raw pT, η, φ) with a
+  per-variable salt, as in CQR: results never depend on chunking, workers or selection;
+* then every variable goes through its *normal scores*: the piecewise-linear map from the pooled
+  empirical quantiles at the levels Φ(t_k), t_k = −4 … 4, to t_k (continued linearly beyond), so
+  that the flow works on O(1), roughly Gaussian marginals whatever the units (r9's low tail, a
+  100-fold range of isolations) and the splines' [−B, B] covers all but ~10⁻⁵ of the objects.
+
+**Structure carried over from CQR.** ``pfChargedIsoWorstVtx`` is modelled as its excess over
+``pfChargedIsoPFPV`` (:data:`egproc.cqr.ABOVE`) and added back, so the order holds exactly;
+``esEnergyOverRawE`` is zero exactly where the corrected ``esEffSigmaRR`` is
+(:data:`egproc.cqr.FOLLOWS`), and where the leader is in its tail but the follower decodes to the
+peak, the follower takes the smallest tail value data had in training; each output is clamped to
+the range data covered in training. The flow sees the same conditioning features as CQR
+(:class:`egproc.cqr.ConditionFeatures`), clamped to the training range and standardised.
+
+**Systematic variation (split sample)** exactly as CQR: the flow is trained on all probes and on
+the halves of even and odd event numbers; up/down = nominal ± (half_a − half_b)/2 per variable
+(:class:`egproc.cqr.SplitVariation`).
+
+**Export.** One TorchScript module per region and variation, with CQR's signature: float32
+[pT, η_SC, φ, ρ, y_1…y_D, u_1…u_m] → [y_1'…y_D'] (one uniform per zero-peak variable, in variable
+order), so bundles, processors and the engine treat both methods alike. The bundle's correctionlib
+JSON holds ``flow_validity``, the ``flow_uniform_<var>`` corrections and the ρ reweighting.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import correctionlib.schemav2 as cs
+import numpy as np
+import torch
+from torch import nn
+
+from egproc import bundle as bundle_format
+from egproc import cqr, engine, nsf, probes, training
+
+__all__ = [
+    "VARIABLES",
+    "PEAK_WIDTH",
+    "Settings",
+    "Encoding",
+    "FlowCorrection",
+    "train_flow",
+    "train",
+]
+
+#: The corrected variables per region: CQR's, in CQR's order (the flow has no chain, the order
+#: only fixes the module's columns).
+VARIABLES: dict[str, tuple[str, ...]] = dict(cqr.CHAINS)
+#: Width of the dequantised zero peak, in the units of v = ln(1 + y/s).
+PEAK_WIDTH = 1.0
+#: The normal scores the encoding maps the pooled quantiles to.
+SCORE_RANGE = 4.0
+#: Number of context features: the CQR conditioning features and the data/MC switch.
+N_CONTEXT = 8
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Flow shape and training schedule (defaults: the shipped toy bundle)."""
+
+    transforms: int = 6
+    bins: int = 8
+    hidden: tuple[int, ...] = (64, 64)
+    steps: int = 5000
+    batch_size: int = 4096
+    learning_rate: float = 1e-3
+    #: Knots of each variable's normal-score map.
+    knots: int = 81
+
+
+# --------------------------------------------------------------------------------------------
+# Modules (all TorchScript-compatible)
+# --------------------------------------------------------------------------------------------
+
+
+def _piecewise_linear(values: torch.Tensor, x_knots: torch.Tensor, y_knots: torch.Tensor) -> torch.Tensor:
+    """Per column j, interpolate ``values`` [n, D] through (x_knots[j], y_knots[j]) [D, K],
+    continuing the outermost segments linearly."""
+    n_knots = x_knots.shape[1]
+    columns = values.t().contiguous()
+    upper = torch.searchsorted(x_knots, columns, right=True).clamp(1, n_knots - 1)
+    lower = upper - 1
+    x_low, x_high = x_knots.gather(1, lower), x_knots.gather(1, upper)
+    y_low, y_high = y_knots.gather(1, lower), y_knots.gather(1, upper)
+    return (y_low + (columns - x_low) * (y_high - y_low) / (x_high - x_low)).t()
+
+
+class Encoding(nn.Module):
+    """Raw variables y [n, D] (with the per-object uniforms of the zero-peak ones) ↔ the flow's
+    features [n, D]: dequantisation of zero peaks, then normal scores (module docstring).
+
+    ``zero_peak`` [D] marks dequantised columns, ``tail_scales`` [D] their s (1 elsewhere),
+    ``knots`` [D, K] each column's pooled quantiles in v at the levels of ``scores`` [K].
+    """
+
+    def __init__(self, zero_peak: Sequence[bool], tail_scales: Sequence[float], knots: np.ndarray, scores: np.ndarray):
+        super().__init__()
+        self.register_buffer("zero_peak", torch.tensor(list(zero_peak), dtype=torch.bool))
+        self.register_buffer("tail_scales", torch.tensor(list(tail_scales), dtype=torch.float32))
+        self.register_buffer("knots", torch.from_numpy(np.ascontiguousarray(knots, dtype=np.float32)))
+        repeated = np.repeat(np.asarray(scores, dtype=np.float32)[None, :], len(knots), axis=0)
+        self.register_buffer("scores", torch.from_numpy(np.ascontiguousarray(repeated)))
+        self.peak_width = PEAK_WIDTH
+        # The columns the uniforms belong to, in order.
+        self.uniform_columns = [i for i, z in enumerate(zero_peak) if z]
+
+    @classmethod
+    def for_sample(cls, values: np.ndarray, zero_peak: Sequence[bool], uniforms: np.ndarray, n_knots: int) -> "Encoding":
+        """Fit the tail scales and normal-score knots on a pooled sample ``values`` [n, D] with
+        its uniforms [n, m]."""
+        values = np.asarray(values, dtype=np.float32)
+        scales = [
+            float(np.median(values[values[:, j] > 0, j])) if z and np.any(values[:, j] > 0) else 1.0
+            for j, z in enumerate(zero_peak)
+        ]
+        scores = np.linspace(-SCORE_RANGE, SCORE_RANGE, n_knots)
+        probe = cls(zero_peak, scales, np.tile(scores, (values.shape[1], 1)), scores)
+        with torch.inference_mode():
+            dequantised = probe.dequantise(torch.from_numpy(values), torch.from_numpy(np.asarray(uniforms, np.float32)))
+        from scipy.special import ndtr
+
+        knots = np.quantile(dequantised.numpy().astype(np.float64), ndtr(scores), axis=0).T
+        # Strictly increasing knots: a flat stretch (ties) would make the map non-invertible.
+        spacing = 1e-6 * np.maximum(np.abs(knots).max(axis=1, keepdims=True), 1e-12)
+        for k in range(1, knots.shape[1]):
+            knots[:, k] = np.maximum(knots[:, k], knots[:, k - 1] + spacing[:, 0])
+        return cls(zero_peak, scales, knots, scores)
+
+    def dequantise(self, y: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+        u = torch.zeros_like(y)
+        for k, column in enumerate(self.uniform_columns):
+            u[:, column] = uniforms[:, k]
+        tail = torch.log1p(y.clamp_min(0.0) / self.tail_scales)
+        peak = -self.peak_width * u
+        return torch.where(self.zero_peak & (y <= 0.0), peak, torch.where(self.zero_peak, tail, y))
+
+    def encode(self, y: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+        return _piecewise_linear(self.dequantise(y, uniforms), self.knots, self.scores)
+
+    def decode(self, features: torch.Tensor) -> torch.Tensor:
+        v = _piecewise_linear(features, self.scores, self.knots)
+        tail = self.tail_scales * torch.expm1(v.clamp_min(0.0))
+        return torch.where(self.zero_peak, torch.where(v > 0.0, tail, torch.zeros_like(v)), v)
+
+
+class FlowCorrection(nn.Module):
+    """One region's complete flow correction:
+    float32 [pT, η_SC, φ, ρ, y_1…y_D, u_1…u_m] → corrected [y_1…y_D] (module docstring).
+
+    ``references`` [D]: the column a variable is modelled as an excess over, or −1;
+    ``leaders`` [D]: the column whose zero peak a variable shares, or −1; ``ranges`` [D]: the data
+    training range of each (excess) variable; ``follower_floor`` [D]: the smallest data tail value
+    of each follower.
+    """
+
+    def __init__(
+        self,
+        features: cqr.ConditionFeatures,
+        context_low: Sequence[float],
+        context_high: Sequence[float],
+        context_mean: Sequence[float],
+        context_scale: Sequence[float],
+        encoding: Encoding,
+        flow: nsf.SplineFlow,
+        references: Sequence[int],
+        leaders: Sequence[int],
+        ranges: Sequence[tuple[float, float]],
+        follower_floor: Sequence[float],
+    ):
+        super().__init__()
+        self.features = features
+        for name, values in (
+            ("context_low", context_low), ("context_high", context_high),
+            ("context_mean", context_mean), ("context_scale", context_scale),
+        ):
+            self.register_buffer(name, torch.tensor(list(values), dtype=torch.float32))
+        self.encoding = encoding
+        self.flow = flow
+        self.n_variables = len(references)
+        self.references = list(references)
+        self.leaders = list(leaders)
+        self.lows = [float(low) for low, _ in ranges]
+        self.highs = [float(high) for _, high in ranges]
+        self.follower_floor = [float(f) for f in follower_floor]
+
+    def context(self, conditions: torch.Tensor, is_data: float) -> torch.Tensor:
+        """Standardised conditioning features [n, 7] of raw (pT, η_SC, φ, ρ) [n, 4], plus the
+        switch column."""
+        x = torch.clamp(self.features(conditions), self.context_low, self.context_high)
+        x = (x - self.context_mean) / self.context_scale
+        return torch.cat([x, torch.full_like(x[:, :1], is_data)], dim=1)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        n_conditions = 4
+        conditions = inputs[:, :n_conditions]
+        raw = inputs[:, n_conditions : n_conditions + self.n_variables]
+        uniforms = inputs[:, n_conditions + self.n_variables :]
+        encoded = self.encoding.encode(as_modelled(raw, self.references), uniforms)
+        z, _ = self.flow.transform(encoded, self.context(conditions, 0.0), False)
+        decoded = self.encoding.decode(self.flow.inverse(z, self.context(conditions, 1.0))).unbind(1)
+        corrected: list[torch.Tensor] = []
+        for i in range(self.n_variables):
+            value = decoded[i].clamp(self.lows[i], self.highs[i])
+            leader = self.leaders[i]
+            if leader >= 0:
+                value = torch.where(
+                    corrected[leader] <= 0.0, torch.zeros_like(value), value.clamp_min(self.follower_floor[i])
+                )
+            reference = self.references[i]
+            if reference >= 0:
+                value = value + corrected[reference]
+            corrected.append(value)
+        return torch.stack(corrected, dim=1)
+
+
+def as_modelled(raw: torch.Tensor, references: list[int]) -> torch.Tensor:
+    """The variables [n, D] as the flow models them: those with a reference as their excess."""
+    columns = raw.unbind(1)
+    return torch.stack([columns[i] - columns[r] if r >= 0 else columns[i] for i, r in enumerate(references)], dim=1)
+
+
+class _LogLikelihood(nn.Module):
+    """Training view of the flow: [features | context] [n, D + C] → log p [n]."""
+
+    def __init__(self, flow: nsf.SplineFlow):
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        d = self.flow.features
+        return self.flow.log_prob(rows[:, :d], rows[:, d:])
+
+
+def _negative_log_likelihood(log_prob: torch.Tensor, _: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    if weights is None:
+        return -log_prob.mean()
+    return -(weights * log_prob).sum() / weights.sum()
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+
+def _structure(variables: Sequence[str]) -> tuple[list[bool], list[int], list[int]]:
+    """Zero-peak flags, references (:data:`egproc.cqr.ABOVE`) and leaders (:data:`egproc.cqr.FOLLOWS`)."""
+    position = {name: i for i, name in enumerate(variables)}
+    zero_peak = [v in cqr.ZERO_PEAK for v in variables]
+    references = [position[cqr.ABOVE[v]] if position.get(cqr.ABOVE.get(v, ""), len(variables)) < i else -1
+                  for i, v in enumerate(variables)]
+    return zero_peak, references, cqr.leader_columns(variables)
+
+
+def train_flow(
+    data: cqr.TrainingSample,
+    mc: cqr.TrainingSample,
+    variables: Sequence[str],
+    *,
+    settings: Settings = Settings(),
+    seed: int = 0,
+    device: str = "cpu",
+    label: str = "",
+    on_step: Callable[[int], None] | None = None,
+) -> tuple[FlowCorrection, dict[str, float]]:
+    """Train one region's flow on data and MC probes (module docstring). Returns the correction
+    (on the CPU) and training facts (final training loss, held-out loss of data and MC: 1 in 20
+    events, by event number, is held out of training). ``on_step`` receives the number of steps just done."""
+    zero_peak, references, leaders = _structure(variables)
+    features = cqr.ConditionFeatures()
+
+    def modelled(sample: cqr.TrainingSample) -> np.ndarray:
+        raw = np.stack([sample.values[v] for v in variables], axis=1).astype(np.float32)
+        with torch.inference_mode():
+            return as_modelled(torch.from_numpy(raw), references).numpy()
+
+    y_data, y_mc = modelled(data), modelled(mc)
+    rng = np.random.default_rng(cqr._seed(seed, label, "dequantisation"))
+    n_uniforms = sum(zero_peak)
+    u_data = rng.random((len(data), n_uniforms), dtype=np.float32)
+    u_mc = rng.random((len(mc), n_uniforms), dtype=np.float32)
+    encoding = Encoding.for_sample(
+        np.concatenate([y_data, y_mc]), zero_peak, np.concatenate([u_data, u_mc]), settings.knots
+    )
+    with torch.inference_mode():
+        x_data = features(torch.from_numpy(data.conditions)).numpy()
+        x_mc = features(torch.from_numpy(mc.conditions)).numpy()
+    pooled = np.concatenate([x_data, x_mc]).astype(np.float64)
+    context_scale = pooled.std(axis=0)
+    context_scale = np.where(context_scale > 0, context_scale, 1.0)
+    flow = nsf.SplineFlow(
+        len(variables), N_CONTEXT, settings.transforms, settings.bins, settings.hidden, seed=cqr._seed(seed, label, "flow")
+    )
+    correction = FlowCorrection(
+        features, pooled.min(axis=0), pooled.max(axis=0), pooled.mean(axis=0), context_scale, encoding, flow,
+        references, leaders,
+        ranges=[(float(y_data[:, j].min()), float(y_data[:, j].max())) for j in range(len(variables))],
+        follower_floor=[
+            float(y_data[y_data[:, j] > 0, j].min()) if leaders[j] >= 0 else 0.0 for j in range(len(variables))
+        ],
+    )
+
+    def rows(sample: cqr.TrainingSample, y: np.ndarray, u: np.ndarray, is_data: float) -> np.ndarray:
+        with torch.inference_mode():
+            encoded = encoding.encode(torch.from_numpy(y), torch.from_numpy(u))
+            context = correction.context(torch.from_numpy(sample.conditions), is_data)
+            return torch.cat([encoded, context], dim=1).numpy()
+
+    table = np.concatenate([rows(data, y_data, u_data, 1.0), rows(mc, y_mc, u_mc, 0.0)])
+    # Each sample carries half the total weight, so that neither density is learnt at the
+    # expense of the other whatever the sample sizes.
+    weights = np.concatenate([data.weight / data.weight.sum(), mc.weight / mc.weight.sum()]) * len(table) / 2
+    # By event number over 2, so that each split half holds out its share too.
+    held_out = np.concatenate([data.event, mc.event]) // 2 % 20 == 7
+    train_rows = ~held_out
+    epochs = training.epochs_for_steps(settings.steps, int(train_rows.sum()), settings.batch_size)
+    steps_per_epoch = math.ceil(int(train_rows.sum()) / settings.batch_size)
+    model = _LogLikelihood(flow)
+    history = training.minimise(
+        model, _negative_log_likelihood, table[train_rows], np.zeros(int(train_rows.sum()), np.float32),
+        weights[train_rows], epochs=epochs, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
+        seed=cqr._seed(seed, label, "batches"), device=device,
+        on_epoch=None if on_step is None else (lambda epoch, loss: on_step(steps_per_epoch)),
+    )
+    model.cpu()
+    facts = {"train_loss": round(history[-1], 4), "steps": epochs * steps_per_epoch}
+    n_data = len(data)
+    with torch.inference_mode():
+        log_prob = model(torch.from_numpy(table[held_out])).numpy()
+    is_data_row = np.arange(len(table))[held_out] < n_data
+    for name, selected in (("held_out_loss_data", is_data_row), ("held_out_loss_mc", ~is_data_row)):
+        w = weights[held_out][selected]
+        facts[name] = round(float(-(w * log_prob[selected]).sum() / w.sum()), 4)
+    return correction.eval(), facts
+
+
+# --------------------------------------------------------------------------------------------
+# Bundle
+# --------------------------------------------------------------------------------------------
+
+
+def train(
+    data_files: Sequence[str | Path],
+    mc_files: Sequence[str | Path],
+    out: str | Path,
+    *,
+    settings: Settings = Settings(),
+    seed: int = 0,
+    device: str = "auto",
+    name: str = "toy-flow",
+    splits: bool = True,
+    provenance: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train the flows of EB and EE (nominal and, with ``splits``, the two halves) and write the
+    bundle (module docstring); returns the folder."""
+    from tqdm.auto import tqdm
+
+    device = engine.resolve_device(device)
+    data, mc, facts = cqr.read_samples(data_files, mc_files)
+    variants = ("nominal", *cqr.HALVES) if splits else ("nominal",)
+    flows: dict[str, dict[str, FlowCorrection]] = {r: {} for r in VARIABLES}
+    timings: dict[str, float] = {}
+    losses: dict[str, dict[str, float]] = {}
+    # Steps are whole epochs, so the bar's total is an estimate it may overshoot by one epoch each.
+    with tqdm(total=len(variants) * len(VARIABLES) * settings.steps, desc="train flow", unit="step", disable=not progress) as bar:
+        for variant in variants:
+            for region, variables in VARIABLES.items():
+                start = time.perf_counter()
+                data_r, mc_r = data[region], mc[region]
+                if variant != "nominal":
+                    data_r, mc_r = data_r.half(variant), mc_r.half(variant)
+                bar.set_postfix_str(f"{variant}/{region}")
+                flows[region][variant], losses[f"{variant}/{region}"] = train_flow(
+                    data_r, mc_r, variables, settings=settings, seed=seed, device=device,
+                    label=f"{variant}/{region}", on_step=bar.update,
+                )
+                timings[f"{variant}/{region}"] = round(time.perf_counter() - start, 1)
+
+    samples = [*data.values(), *mc.values()]
+    pt_range = cqr._domain(samples, 0, low=probes.PROBE_MIN_PT)
+    rho_range = cqr._domain(samples, 3, low=0.0)
+    zero_peak_fields = sorted({f for fields in VARIABLES.values() for f in fields if f in cqr.ZERO_PEAK})
+    salts = {f: 101 + k for k, f in enumerate(zero_peak_fields)}  # streams apart from CQR's salts
+    correction_set = cs.CorrectionSet(
+        schema_version=2,
+        description=f"egproc normalizing-flow correction ({name}): validity, per-photon uniforms, MC rho weights",
+        corrections=[
+            cqr.validity_correction(pt_range, rho_range, name="flow_validity", method="flow"),
+            *(cqr.uniform_correction(f, salts[f], prefix="flow", purpose="zero-peak dequantisation of the flow")
+              for f in zero_peak_fields),
+            facts["rho_correction"],
+        ],
+    )
+    validity = bundle_format.Validity(correction="flow_validity", inputs=(cqr.CONDITIONS[0], cqr.CONDITIONS[1], cqr.CONDITIONS[3]))
+    models: dict[str, Any] = {}
+    steps: list[Any] = []
+    for variation in cqr._variations(splits):
+        for f in zero_peak_fields:
+            regions = [r for r, fields in VARIABLES.items() if f in fields]
+            steps.append(
+                bundle_format.CorrectionlibStep(
+                    correction=f"flow_uniform_{f}", inputs=cqr.UNIFORM_IDENTITY, output=f"Photon_flowUniform_{f}",
+                    region="EB+EE" if len(regions) == 2 else regions[0], variation=variation, keep=False,
+                    validity=validity,
+                )
+            )
+        for region, variables in VARIABLES.items():
+            file_name = f"flow_{region}_{variation}.pt"
+            models[file_name] = torch.jit.script(_exported(flows[region], variation, variables))
+            steps.append(
+                {
+                    "kind": "torchscript",
+                    "model": file_name,
+                    "inputs": (
+                        *cqr.CONDITIONS,
+                        *(f"Photon_{v}" for v in variables),
+                        *(f"Photon_flowUniform_{v}" for v in variables if v in cqr.ZERO_PEAK),
+                    ),
+                    "outputs": tuple(f"Photon_{v}" for v in variables),
+                    "region": region,
+                    "variation": variation,
+                    "validity": validity.model_dump(),
+                }
+            )
+    return bundle_format.write(
+        out,
+        name=name,
+        method="flow",
+        collection="Photon",
+        description=(
+            "One conditional neural spline flow with a data/MC switch per ECAL region: MC photon shower shapes, "
+            "preshower and isolations corrected jointly, one TorchScript module per region and variation"
+        ),
+        correction_set=correction_set,
+        steps=steps,
+        models=models,
+        event_weights=[bundle_format.EventWeight(name="rho", correction="rho_reweighting", inputs=(cqr.CONDITIONS[3],))],
+        provenance={
+            **dict(provenance or {}),
+            "seed": seed,
+            "device": device,
+            "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.__dict__.items()},
+            "variables": {r: list(v) for r, v in VARIABLES.items()},
+            "validity": {"pt": list(pt_range), "rho": list(rho_range)},
+            "split": "half_a: even event numbers, half_b: odd; up/down = nominal ± (half_a − half_b)/2",
+            "training_seconds": timings,
+            "losses": losses,
+            "data_files": {Path(f).name: engine.sha256_of(f) for f in data_files},
+            "mc_files": {Path(f).name: engine.sha256_of(f) for f in mc_files},
+            "data_probes": facts["data_probes"],
+            "mc_probes": facts["mc_probes"],
+            "probes_per_region": {r: {"data": len(data[r]), "mc": len(mc[r])} for r in VARIABLES},
+            "mass_window": list(probes.MASS_WINDOW),
+        },
+    )
+
+
+def _exported(flows: Mapping[str, FlowCorrection], variation: str, variables: Sequence[str]) -> nn.Module:
+    if variation in ("nominal", *cqr.HALVES):
+        return flows[variation]
+    sign = {"up": 1.0, "down": -1.0}[variation]
+    zero_peak = [v in cqr.ZERO_PEAK for v in variables]
+    return cqr.SplitVariation(
+        flows["nominal"], flows["half_a"], flows["half_b"], sign, zero_peak, cqr.leader_columns(variables)
+    )

@@ -1,0 +1,304 @@
+"""The normalizing-flow correction: encoding, known-answer corrections, export, bundle and processor use."""
+
+from __future__ import annotations
+
+import awkward as ak
+import dask
+import numpy as np
+import pytest
+import torch
+from coffea.nanoevents import NanoAODSchema, NanoEventsFactory
+
+import egproc
+from egproc import cli, cqr, engine, flow, nsf, toy
+
+TINY = flow.Settings(transforms=2, bins=6, hidden=(16, 16), steps=150, batch_size=1024, learning_rate=3e-3, knots=41)
+
+
+def sample(conditions: np.ndarray, values: dict[str, np.ndarray], event: np.ndarray | None = None) -> cqr.TrainingSample:
+    n = len(conditions)
+    return cqr.TrainingSample(
+        conditions.astype(np.float32), {k: v.astype(np.float32) for k, v in values.items()}, np.ones(n),
+        np.arange(n, dtype=np.int64) if event is None else event,
+    )
+
+
+def barrel_conditions(rng: np.random.Generator, n: int) -> np.ndarray:
+    return np.column_stack(
+        [rng.uniform(25, 60, n), rng.uniform(-1.4, 1.4, n), rng.uniform(-np.pi, np.pi, n), rng.uniform(5, 40, n)]
+    )
+
+
+def module_inputs(s: cqr.TrainingSample, variables, uniforms: np.ndarray) -> torch.Tensor:
+    raw = np.stack([s.values[v] for v in variables], axis=1)
+    return torch.from_numpy(np.concatenate([s.conditions, raw, uniforms], axis=1).astype(np.float32))
+
+
+# --------------------------------------------------------------------------------------------
+# Encoding
+# --------------------------------------------------------------------------------------------
+
+
+def test_encoding_dequantises_the_peak_and_decodes_it_to_exact_zeros():
+    rng = np.random.default_rng(1)
+    n = 20_000
+    shape = rng.normal(0.9, 0.05, n)
+    isolation = np.where(rng.random(n) < 0.4, 0.0, rng.exponential(2.0, n))
+    values = np.column_stack([shape, isolation]).astype(np.float32)
+    uniforms = rng.random((n, 1), dtype=np.float32)
+    encoding = flow.Encoding.for_sample(values, [False, True], uniforms, n_knots=81)
+    with torch.inference_mode():
+        v = encoding.dequantise(torch.from_numpy(values), torch.from_numpy(uniforms)).numpy()
+        encoded = encoding.encode(torch.from_numpy(values), torch.from_numpy(uniforms))
+        decoded = encoding.decode(encoded).numpy()
+    peak = isolation == 0
+    # The peak becomes the block −w·u below zero, the tail ln(1 + y/s) above it.
+    np.testing.assert_allclose(v[peak, 1], -flow.PEAK_WIDTH * uniforms[peak, 0], rtol=1e-6)
+    assert np.all(v[~peak, 1] > 0)
+    # Normal scores: the pooled marginals come out standard normal.
+    np.testing.assert_allclose(encoded.mean(dim=0).numpy(), 0.0, atol=0.02)
+    np.testing.assert_allclose(encoded.std(dim=0).numpy(), 1.0, atol=0.02)
+    # Decoding restores continuous values and the tail, and maps the whole peak block to exactly 0.
+    np.testing.assert_allclose(decoded[:, 0], values[:, 0], rtol=2e-6)
+    np.testing.assert_allclose(decoded[~peak, 1], values[~peak, 1], rtol=2e-5, atol=1e-6)
+    assert np.all(decoded[peak, 1] == 0.0)
+
+
+def test_an_untrained_flow_is_the_identity_correction():
+    """f is the identity at initialisation for both switch values, so the correction must give
+    back every raw value (within the float32 round trip of the encoding) and keep every zero."""
+    rng = np.random.default_rng(2)
+    n = 5000
+    variables = ("r9", "pfChargedIsoPFPV", "pfChargedIsoWorstVtx")
+    pfpv = np.where(rng.random(n) < 0.6, 0.0, rng.exponential(1.0, n))
+    worst = pfpv + np.where(rng.random(n) < 0.3, 0.0, rng.exponential(2.0, n))
+    mc = sample(barrel_conditions(rng, n), {"r9": rng.uniform(0.5, 1.0, n), "pfChargedIsoPFPV": pfpv, "pfChargedIsoWorstVtx": worst})
+    correction, _ = flow.train_flow(mc, mc, variables, settings=flow.Settings(steps=1, learning_rate=0.0, transforms=2, hidden=(8,)), label="id")
+    inputs = module_inputs(mc, variables, rng.random((n, 2), dtype=np.float32))
+    with torch.inference_mode():
+        out = correction(inputs).numpy()
+    raw = inputs[:, 4:7].numpy()
+    np.testing.assert_allclose(out, raw, rtol=2e-5, atol=1e-6)
+    np.testing.assert_array_equal(out[:, 1] == 0, raw[:, 1] == 0)
+    assert np.all(out[:, 2] >= out[:, 1])
+
+
+# --------------------------------------------------------------------------------------------
+# Known answers
+# --------------------------------------------------------------------------------------------
+
+
+def test_joint_correction_matches_data_means_widths_and_correlation():
+    """MC: two independent Gaussians whose mean depends on ρ. Data: the first shifted and
+    stretched, the second correlated with the first (ρ = 0.6). One flow, no chain, must give the
+    corrected MC data's moments and correlation."""
+    rng = np.random.default_rng(3)
+    n = 30_000
+
+    def make(is_data: bool) -> cqr.TrainingSample:
+        conditions = barrel_conditions(rng, n)
+        a, b = rng.normal(size=n), rng.normal(size=n)
+        if is_data:
+            a, b = 0.5 + 1.3 * a, 0.6 * a + 0.8 * b
+        a = 0.9 + 0.02 * (a + conditions[:, 3] / 20)
+        return sample(conditions, {"r9": a, "sieie": 0.01 + 0.001 * b}, event=np.arange(n) + (n if is_data else 0))
+
+    data, mc = make(True), make(False)
+    settings = flow.Settings(transforms=4, bins=8, hidden=(32, 32), steps=600, batch_size=2048, learning_rate=3e-3)
+    correction, facts = flow.train_flow(data, mc, ("r9", "sieie"), settings=settings, seed=4, label="gauss")
+    with torch.inference_mode():
+        out = correction(module_inputs(mc, ("r9", "sieie"), np.zeros((n, 0), np.float32))).numpy().astype(np.float64)
+    target = np.column_stack([data.values["r9"], data.values["sieie"]]).astype(np.float64)
+    raw = np.column_stack([mc.values["r9"], mc.values["sieie"]]).astype(np.float64)
+    np.testing.assert_array_less(np.abs(out.mean(axis=0) - target.mean(axis=0)) / target.std(axis=0), 0.05)
+    np.testing.assert_allclose(out.std(axis=0), target.std(axis=0), rtol=0.05)
+    # MC had no correlation; data and corrected MC have 0.6 (ρ also shifts r9 alike in both).
+    assert abs(np.corrcoef(raw.T)[0, 1]) < 0.03
+    assert abs(np.corrcoef(out.T)[0, 1] - np.corrcoef(target.T)[0, 1]) < 0.04
+    assert np.isfinite(facts["held_out_loss_data"]) and np.isfinite(facts["held_out_loss_mc"])
+
+
+def test_zero_peak_fraction_and_tail_move_to_data():
+    """MC: 55 % zeros and an exponential tail of mean 1; data: 35 % zeros and mean 1.5. The
+    corrected MC keeps exact zeros, in data's fraction, and data's tail."""
+    rng = np.random.default_rng(5)
+    n = 30_000
+
+    def make(zero_fraction: float, mean: float, offset: int) -> cqr.TrainingSample:
+        y = np.where(rng.random(n) < zero_fraction, 0.0, rng.exponential(mean, n))
+        return sample(barrel_conditions(rng, n), {"pfPhoIso03": y}, event=np.arange(n) + offset)
+
+    data, mc = make(0.35, 1.5, 0), make(0.55, 1.0, n)
+    settings = flow.Settings(transforms=2, bins=8, hidden=(16, 16), steps=500, batch_size=2048, learning_rate=3e-3)
+    correction, _ = flow.train_flow(data, mc, ("pfPhoIso03",), settings=settings, seed=6, label="iso")
+    with torch.inference_mode():
+        out = correction(module_inputs(mc, ("pfPhoIso03",), rng.random((n, 1), dtype=np.float32))).numpy()[:, 0]
+    assert np.all(out >= 0)
+    assert abs(np.mean(out == 0) - 0.35) < 0.02
+    assert abs(out[out > 0].mean() - 1.5) < 0.1
+    assert np.max(out) <= data.values["pfPhoIso03"].max()  # clamped to data's training range
+
+
+# --------------------------------------------------------------------------------------------
+# Trained on a tiny toy, through the command line
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("flow-samples")
+    paths = toy.generate_samples(folder, 40_000, seed=22, samples=("data", "mc"), workers=1)
+    return {p.stem: p for p in paths}
+
+
+@pytest.fixture(scope="module")
+def trained(samples, tmp_path_factory):
+    out = tmp_path_factory.mktemp("flow-bundle") / "tiny-flow"
+    cli.main([
+        "train", "flow", "--data", str(samples["data"]), "--mc", str(samples["mc"]), "--out", str(out),
+        "--name", "tiny-flow", "--seed", "5", "--device", "cpu", "--steps", "300", "--transforms", "2",
+        "--bins", "6", "--hidden", "16", "16", "--batch-size", "1024", "--learning-rate", "0.005",
+        "--provenance", "toy_seed=22",
+    ])
+    return egproc.load(out, device="cpu")
+
+
+def events_of(path, mode="eager", **kwargs):
+    return NanoEventsFactory.from_root({str(path): "Events"}, schemaclass=NanoAODSchema, mode=mode, **kwargs).events()
+
+
+def flat(array):
+    return ak.to_numpy(ak.flatten(array))
+
+
+def test_bundle_holds_one_module_per_region_and_variation_with_cqr_signature(trained):
+    manifest = trained.manifest
+    assert manifest.method == "flow" and manifest.provenance["toy_seed"] == "22"
+    assert set(trained.variations) == {"nominal", "up", "down", "half_a", "half_b"}
+    for variation in trained.variations:
+        models = [s for s in trained.steps(variation) if s.kind == "torchscript"]
+        assert sorted(s.region for s in models) == ["EB", "EE"]
+        for step in models:
+            variables = flow.VARIABLES[step.region]
+            zero_peak = [v for v in variables if v in cqr.ZERO_PEAK]
+            assert step.outputs == tuple(f"Photon_{v}" for v in variables)
+            assert step.inputs == (*cqr.CONDITIONS, *step.outputs, *(f"Photon_flowUniform_{v}" for v in zero_peak))
+            module = torch.jit.load(str(trained.path / step.model.file))
+            assert module(torch.rand(3, len(step.inputs)) + 0.5).shape == (3, len(variables))
+    for region, facts in manifest.provenance["losses"].items():
+        assert np.isfinite(facts["held_out_loss_data"]), region
+
+
+def test_exported_module_equals_the_eager_correction_and_training_is_deterministic(samples, tmp_path):
+    data, mc, _ = cqr.read_samples([samples["data"]], [samples["mc"]])
+    variables = flow.VARIABLES["EE"]
+    correction, _ = flow.train_flow(data["EE"], mc["EE"], variables, settings=TINY, seed=3, label="EE")
+    uniforms = np.random.default_rng(0).random((len(mc["EE"]), 5), dtype=np.float32)
+    inputs = module_inputs(mc["EE"], variables, uniforms)
+    path = tmp_path / "flow.pt"
+    torch.jit.save(torch.jit.script(correction), str(path))
+    loaded = torch.jit.load(str(path))
+    with torch.no_grad():
+        eager, scripted = correction(inputs).numpy(), loaded(inputs).numpy()
+    assert np.all(np.isfinite(eager))
+    np.testing.assert_allclose(scripted, eager, rtol=1e-6, atol=1e-9)
+    frozen = engine.load_artefact(path, engine.sha256_of(path.read_bytes()))
+    with torch.no_grad():
+        np.testing.assert_array_equal(frozen(inputs).numpy(), scripted)
+    again, _ = flow.train_flow(data["EE"], mc["EE"], variables, settings=TINY, seed=3, label="EE")
+    with torch.no_grad():
+        np.testing.assert_array_equal(again(inputs).numpy(), eager)
+
+
+def test_corrected_toy_keeps_its_structure_in_every_variation(trained, samples):
+    events = events_of(samples["mc"])
+    corrected = {v: trained.apply(events.Photon, events, variation=v) for v in ("nominal", "up", "down")}
+    ok = flat(corrected["nominal"].egproc_ok)
+    assert ok.mean() > 0.6
+    endcap = ok & (np.abs(flat(events.Photon.superclusterEta)) > 1.566)
+    for name, photons in corrected.items():
+        for field in ("pfPhoIso03", "pfChargedIsoPFPV", "esEffSigmaRR", "esEnergyOverRawE"):
+            assert np.all(flat(photons[field])[ok] >= 0), (name, field)
+        assert np.all(flat(photons.pfChargedIsoWorstVtx)[ok] >= flat(photons.pfChargedIsoPFPV)[ok]), name
+        # The preshower pair shares its zero peak (cqr.FOLLOWS).
+        np.testing.assert_array_equal(
+            flat(photons.esEnergyOverRawE)[endcap] == 0, flat(photons.esEffSigmaRR)[endcap] == 0, err_msg=name
+        )
+    for field in ("r9", "sieie", "etaWidth"):
+        centre = 0.5 * (flat(corrected["up"][field]) + flat(corrected["down"][field]))
+        np.testing.assert_allclose(centre[ok], flat(corrected["nominal"][field])[ok], rtol=1e-5, atol=1e-7)
+        assert np.mean(flat(corrected["up"][field])[ok] != flat(corrected["nominal"][field])[ok]) > 0.9
+    # Zero peaks are real: many corrected isolations are exactly 0, as in data.
+    assert 0.2 < np.mean(flat(corrected["nominal"].pfPhoIso03)[ok] == 0) < 0.8
+
+
+def test_dequantisation_does_not_depend_on_chunking_or_selection(trained, samples):
+    """The dequantisation uniforms come from hashprng: the same corrected values whether the file
+    is processed whole, in two eager chunks, in dask partitions, or after a pT selection (to
+    float32 rounding: a matrix product over another number of rows may round its last bit
+    differently)."""
+
+    def assert_same(got, expected):
+        np.testing.assert_array_equal(got == 0, expected == 0)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+
+    path = samples["mc"]
+    fields = ("pfPhoIso03", "pfChargedIsoPFPV", "pfChargedIsoWorstVtx", "esEffSigmaRR", "r9")
+    whole_events = events_of(path)
+    whole = trained.apply(whole_events.Photon, whole_events)
+    reference = {f: flat(whole[f]) for f in fields}
+
+    half = len(whole_events) // 2
+    chunked = [trained.apply(e.Photon, e) for e in (events_of(path, entry_stop=half), events_of(path, entry_start=half))]
+    for f in fields:
+        assert_same(np.concatenate([flat(c[f]) for c in chunked]), reference[f])
+
+    lazy = events_of(path, mode="dask", steps_per_file=3)
+    (computed,) = dask.compute(trained.apply(lazy.Photon, lazy), scheduler="sync")
+    for f in fields:
+        assert_same(flat(computed[f]), reference[f])
+
+    selected = trained.apply(whole_events.Photon[whole_events.Photon.pt > 30], whole_events)
+    keep = flat(whole_events.Photon.pt) > 30
+    for f in fields:
+        assert_same(flat(selected[f]), reference[f][keep])
+
+
+def test_corrected_mc_moves_towards_data(trained, samples):
+    """Even a 300-step two-layer flow on 40 k events moves the barrel sieie mean and the
+    pfPhoIso03 zero fraction of the probes most of the way to data."""
+    from egproc.probes import MASS_WINDOW, tag_probe_pairs
+
+    def barrel_probes(path, bundle=None):
+        events = events_of(path)
+        pairs = tag_probe_pairs(events, MASS_WINDOW)
+        probe = pairs.probe if bundle is None else bundle.apply(pairs.probe, events)
+        weight = np.ones(len(events)) if bundle is None else events.genWeight * bundle.event_weight("rho", events)
+        weight = flat(ak.broadcast_arrays(weight, pairs.mass)[0])
+        keep = np.abs(flat(probe.superclusterEta)) < 1.4442
+        if bundle is not None:
+            keep &= flat(probe.egproc_ok)
+        return probe, weight, keep
+
+    data, data_weight, data_keep = barrel_probes(samples["data"])
+    mc, mc_weight, mc_keep = barrel_probes(samples["mc"], trained)
+    for field, statistic in (("sieie", lambda v, w: np.average(v, weights=w)), ("pfPhoIso03", lambda v, w: np.average(v == 0, weights=w))):
+        target = statistic(flat(data[field])[data_keep], data_weight[data_keep])
+        raw = statistic(flat(mc[f"raw_{field}"])[mc_keep], mc_weight[mc_keep])
+        fixed = statistic(flat(mc[field])[mc_keep], mc_weight[mc_keep])
+        assert abs(fixed - target) < 0.5 * abs(raw - target), (field, target, raw, fixed)
+
+
+def test_flow_inverse_undoes_transform_for_the_trained_toy_flow(samples):
+    """f⁻¹(f(x)) = x to 1e-5 for the flow of a trained correction, on the encoded toy probes."""
+    data, mc, _ = cqr.read_samples([samples["data"]], [samples["mc"]])
+    variables = flow.VARIABLES["EB"]
+    correction, _ = flow.train_flow(data["EB"], mc["EB"], variables, settings=TINY, seed=8, label="EB")
+    inputs = module_inputs(mc["EB"], variables, np.random.default_rng(1).random((len(mc["EB"]), 3), dtype=np.float32))
+    with torch.inference_mode():
+        encoded = correction.encoding.encode(flow.as_modelled(inputs[:, 4:13], correction.references), inputs[:, 13:])
+        context = correction.context(inputs[:, :4], 0.0)
+        z, _ = correction.flow.transform(encoded, context)
+        back = correction.flow.inverse(z, context)
+    assert isinstance(correction.flow, nsf.SplineFlow)
+    np.testing.assert_allclose(back.numpy(), encoded.numpy(), atol=1e-5)

@@ -38,32 +38,19 @@ def _train_fudge(args: argparse.Namespace) -> None:
     print(f"wrote bundle {folder}")
 
 
-def _train_cqr(args: argparse.Namespace) -> None:
-    from egproc import cqr
+def _train_network_method(args: argparse.Namespace) -> None:
+    """``train cqr`` and ``train flow``: the method module's Settings from the flags given, then
+    its ``train``."""
+    import dataclasses
+    import importlib
 
-    given = {
-        "hidden": tuple(args.hidden) if args.hidden else None, "steps": args.steps,
-        "classifier_steps": args.classifier_steps, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
-    }
-    settings = cqr.Settings(**{k: v for k, v in given.items() if v is not None})
+    method = importlib.import_module(f"egproc.{args.method}")
+    given = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(method.Settings)}
+    if given.get("hidden") is not None:
+        given["hidden"] = tuple(given["hidden"])
+    settings = method.Settings(**{k: v for k, v in given.items() if v is not None})
     notes = dict(item.split("=", 1) for item in args.provenance)
-    folder = cqr.train(
-        args.data, args.mc, args.out, settings=settings, seed=args.seed, device=args.device,
-        name=args.name, splits=not args.no_splits, provenance=notes,
-    )
-    print(f"wrote bundle {folder}")
-
-
-def _train_flow(args: argparse.Namespace) -> None:
-    from egproc import flow
-
-    given = {
-        "transforms": args.transforms, "bins": args.bins, "hidden": tuple(args.hidden) if args.hidden else None,
-        "steps": args.steps, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
-    }
-    settings = flow.Settings(**{k: v for k, v in given.items() if v is not None})
-    notes = dict(item.split("=", 1) for item in args.provenance)
-    folder = flow.train(
+    folder = method.train(
         args.data, args.mc, args.out, settings=settings, seed=args.seed, device=args.device,
         name=args.name, splits=not args.no_splits, provenance=notes,
     )
@@ -159,7 +146,7 @@ def _parser() -> argparse.ArgumentParser:
     cqr.add_argument("--hidden", type=int, nargs="+", help="hidden layer sizes of the quantile networks")
     cqr.add_argument("--batch-size", type=int)
     cqr.add_argument("--learning-rate", type=float)
-    cqr.set_defaults(handler=_train_cqr)
+    cqr.set_defaults(handler=_train_network_method)
 
     flow = methods.add_parser("flow", help="one normalizing flow with a data/MC switch (TorchScript module per region)")
     _training_arguments(flow, "toy-flow")
@@ -169,7 +156,7 @@ def _parser() -> argparse.ArgumentParser:
     flow.add_argument("--hidden", type=int, nargs="+", help="hidden layer sizes of the coupling conditioners")
     flow.add_argument("--batch-size", type=int)
     flow.add_argument("--learning-rate", type=float)
-    flow.set_defaults(handler=_train_flow)
+    flow.set_defaults(handler=_train_network_method)
 
     check = commands.add_parser("check", help="verify a bundle and check files have its branches")
     check.add_argument("bundle")

@@ -2,10 +2,13 @@
 
 Generates a toy MC sample, derives fudge factors, then times ``apply_to_fileset`` + ``dask.compute``
 of the processor without a bundle, with the fudge factors, and with each network bundle shipped in
-``corrections/`` (``toy-cqr``: every data and MC network of the chain; ``toy-flow``: the flow,
-forward as MC and inverse as data), best of ``--repeat``, on ``--workers`` processes. Each
-corrected configuration also fills the histograms of its stage and re-evaluates the photon ID on the corrected fields; the "no raw MC stage" ones fill MC at the
-corrected stage only (``raw_mc=False``), the histogram work of the uncorrected run. Workers get
+``corrections/`` (or given by ``--cqr``/``--flow``; ``toy-cqr``: every data and MC network of the
+chain; ``toy-flow``: the flow, forward as MC and inverse as data), best of ``--repeat``, on
+``--workers`` processes: wall time, and the CPU time of this process and the
+workers together (on a machine shared with other jobs, compare the CPU column). Each corrected
+configuration also fills the histograms of its stage and re-evaluates the photon ID on the
+corrected fields; the "no raw MC stage" ones fill MC at the corrected stage only
+(``raw_mc=False``), the histogram work of the uncorrected run. Workers get
 ``egproc.pipeline.WORKER_ENVIRONMENT`` unless ``--dask-malloc``.
 
 It then times each bundle's ``apply`` alone on the probes of one 100 k-event chunk, eagerly in
@@ -35,6 +38,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--step-size", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
+    for name, path in pipeline.SHIPPED_BUNDLES.items():
+        parser.add_argument(
+            f"--{name}", type=Path, default=path,
+            help=f"the {name} bundle to time (default: the shipped one), e.g. an earlier export of it",
+        )
     parser.add_argument(
         "--dask-malloc", action="store_true",
         help="keep dask's default worker environment instead of egproc.pipeline.WORKER_ENVIRONMENT",
@@ -45,7 +53,7 @@ def main() -> None:
         paths = toy.generate_samples(Path(tmp), args.events, seed=5, files_per_sample=args.workers, workers=args.workers)
         files = pipeline.group_samples(paths)
         bundles = {"fudge": egproc.load(fudge.train(files["data"], files["mc"], Path(tmp) / "fudge"))}
-        bundles.update({name: egproc.load(path) for name, path in pipeline.SHIPPED_BUNDLES.items() if path.is_dir()})
+        bundles.update({name: egproc.load(getattr(args, name)) for name in pipeline.SHIPPED_BUNDLES})
         configurations = {"uncorrected": TagAndProbeProcessor(None)}
         configurations.update({name: TagAndProbeProcessor(bundle) for name, bundle in bundles.items()})
         # MC filled at its corrected stage only: the histogram work of the uncorrected run, plus
@@ -59,20 +67,30 @@ def main() -> None:
         )
         with cluster, Client(cluster) as client:
             pipeline.run_with_dask(configurations["uncorrected"], {"mc": files["mc"]}, step_size=args.step_size, scheduler=client)  # warm-up
-            timings = {}
+            timings, cpu = {}, {}
             for name, processor in configurations.items():
-                runs = []
+                runs, cpu_runs = [], []
                 for _ in range(args.repeat):
-                    start = time.perf_counter()
+                    start, start_cpu = time.perf_counter(), cpu_seconds(client)
                     pipeline.run_with_dask(processor, {"mc": files["mc"]}, step_size=args.step_size, scheduler=client)
                     runs.append(time.perf_counter() - start)
-                timings[name] = min(runs)
+                    cpu_runs.append(cpu_seconds(client) - start_cpu)
+                timings[name], cpu[name] = min(runs), min(cpu_runs)
         environment = "dask's default worker environment" if args.dask_malloc else "egproc.pipeline.WORKER_ENVIRONMENT"
         print(f"tag and probe on {args.events:,} MC events, {args.workers} dask worker processes ({environment}), best of {args.repeat}:")
         for name, seconds in timings.items():
             ratio = seconds / timings["uncorrected"]
-            print(f"  {name:<26} {seconds:7.2f} s   {args.events / seconds:10,.0f} events/s   ×{ratio:.2f}")
+            print(
+                f"  {name:<26} {seconds:7.2f} s   {args.events / seconds:10,.0f} events/s   ×{ratio:.2f}"
+                f"   CPU {cpu[name]:6.2f} s ×{cpu[name] / cpu['uncorrected']:.2f}"
+            )
         correction_alone(files["mc"][0], bundles, args.repeat)
+
+
+def cpu_seconds(client: Client) -> float:
+    """CPU time used so far by this process (graph, scheduler) and every worker process: unlike
+    the wall time, what a run costs whatever else the machine is doing."""
+    return time.process_time() + sum(client.run(time.process_time).values())
 
 
 def correction_alone(path: str, bundles: dict, repeat: int) -> None:

@@ -68,6 +68,19 @@ float32 [pT, η_SC, φ, ρ, y_1…y_n, u_1…u_m] → [y_1'…y_n']. The bundle'
 per-variable uniforms, the validity range (pT, ρ; EB and EE without the transition) and the ρ
 reweighting of MC used in training and in comparisons.
 
+The module is the chain's fused form (:func:`fuse`, :class:`FusedChain`; ``up``/``down`` combine
+three of them): the networks of a step read the same x, so they run as one. The MC and data
+quantile networks of a step are stacked into batched matmuls in a feature-major layout (x as
+[features, n], activations [2, width, n]), where the 21-wide output layer and head are as fast as
+the hidden layers; the two peak classifiers are stacked row-major, their one-column output layer
+per network. The tail networks of a zero-peak step only see the objects that end in the tail
+(an isolation's peak objects stay exactly 0 whatever the tail quantiles), and x is one buffer that
+each corrected variable is written into. Every network keeps its own clamp, standardisation and
+head, with the same arithmetic, so the floats are the trained chain's (bitwise on the toy probes;
+at most float32 rounding where a matmul over another number of rows rounds differently), at
+about 1.5× its throughput on one CPU thread (README, "Benchmarks"). :func:`reexport` rewrites a
+bundle's modules from the weights in its files, in either form, without retraining.
+
 **Reference.** ``regressor="bdt"`` trains the original implementation (one scikit-learn quantile
 BDT per level, BDT classifiers for the peaks) through the same chain, for the comparison in
 ``benchmarks/cqr_reference.py``; it is not exported.
@@ -75,7 +88,10 @@ BDT per level, BDT classifiers for the peaks) through the same chain, for the co
 
 from __future__ import annotations
 
+import gzip
 import math
+import shutil
+import tempfile
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -107,6 +123,10 @@ __all__ = [
     "Chain",
     "SplitVariation",
     "leader_columns",
+    "FusedChain",
+    "fuse",
+    "chain_from_torchscript",
+    "reexport",
     "TrainingSample",
     "train_chain",
     "read_samples",
@@ -389,6 +409,396 @@ def leader_columns(variables: Sequence[str]) -> list[int]:
     position = {name: i for i, name in enumerate(variables)}
     return [position[FOLLOWS[v]] if position.get(FOLLOWS.get(v, ""), len(variables)) < i else -1
             for i, v in enumerate(variables)]
+
+
+# --------------------------------------------------------------------------------------------
+# Export: the fused form
+# --------------------------------------------------------------------------------------------
+
+
+def _stacked_layers(networks: Sequence[nn.Module]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, the weights [G, out, in] and biases [G, out] of G networks with the same SiLU
+    hidden layers (:func:`egproc.quantiles.hidden_layers`)."""
+    linears = [[m for m in network.net if isinstance(m, nn.Linear)] for network in networks]
+    shapes = {tuple(tuple(layer.weight.shape) for layer in layers) for layers in linears}
+    others = {tuple(type(m) for m in network.net if not isinstance(m, nn.Linear)) for network in networks}
+    if len(shapes) != 1 or others != {(nn.SiLU,) * (len(linears[0]) - 1)}:
+        raise ValueError(f"only networks with the same SiLU layers can be stacked, got layer shapes {shapes}")
+    return [
+        (
+            torch.stack([layers[k].weight.detach() for layers in linears]),
+            torch.stack([layers[k].bias.detach() for layers in linears]),
+        )
+        for k in range(len(linears[0]))
+    ]
+
+
+def _stacked_inputs(module: nn.Module, networks: Sequence[nn.Module], shape: tuple[int, int, int]) -> None:
+    """Each network's input clamp and standardisation, as buffers broadcasting against G stacked
+    copies of x."""
+    for name in ("input_low", "input_high", "input_mean", "input_scale"):
+        module.register_buffer(name, torch.stack([getattr(n, name).detach() for n in networks]).reshape(shape).clone())
+
+
+def _constants(tensors: Sequence[torch.Tensor]) -> nn.ParameterList:
+    """Stacked weights, one per layer (a list TorchScript can iterate), not trainable."""
+    return nn.ParameterList([nn.Parameter(t.contiguous(), requires_grad=False) for t in tensors])
+
+
+def _standardised(
+    x: torch.Tensor, low: torch.Tensor, high: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
+    """(clamp(x, low, high) − mean) / scale, the networks' input transform, with the floats of
+    torch.clamp (NaN included) at a fifth of its time with tensor bounds on CPU, and in place
+    after the first operation: in a worker whose malloc returns freed memory to the system at
+    once (dask's MALLOC_TRIM_THRESHOLD_), every new activation faults its pages in again."""
+    h = torch.maximum(x, low)
+    return torch.minimum(h, high, out=h).sub_(mean).div_(scale)
+
+
+class StackedClassifiers(nn.Module):
+    """G :class:`ZeroClassifier` s reading the same x [n, d], evaluated as one: logits [G, n].
+
+    Row-major, each layer one batched matmul, except the last (one column): per network, since
+    addmm takes a matrix-vector path there whose rounding no batched form reproduces, and the peak
+    migration amplifies a logit's last bit (u / leave, leave a difference of probabilities)."""
+
+    def __init__(self, classifiers: Sequence[nn.Module]):
+        super().__init__()
+        for classifier in classifiers:
+            if not isinstance(classifier, ZeroClassifier):
+                raise TypeError(f"only network classifiers can be fused, got {type(classifier).__name__}")
+        layers = _stacked_layers(classifiers)
+        n_inputs = layers[0][0].shape[2]
+        _stacked_inputs(self, classifiers, (len(classifiers), 1, n_inputs))
+        self.hidden_weights = _constants([w.transpose(1, 2) for w, _ in layers[:-1]])  # [G, in, out]
+        self.hidden_biases = _constants([b.unsqueeze(1) for _, b in layers[:-1]])  # [G, 1, out]
+        self.register_buffer("output_weight", layers[-1][0].contiguous())  # [G, 1, width]
+        self.register_buffer("output_bias", layers[-1][1].contiguous())  # [G, 1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = _standardised(x.unsqueeze(0), self.input_low, self.input_high, self.input_mean, self.input_scale)
+        for weight, bias in zip(self.hidden_weights, self.hidden_biases):
+            h = nn.functional.silu(torch.bmm(h, weight).add_(bias), inplace=True)
+        return torch.stack(
+            [torch.addmm(self.output_bias[g], h[g], self.output_weight[g].t()).squeeze(1) for g in range(h.shape[0])]
+        )
+
+
+class StackedQuantileNetworks(nn.Module):
+    """G :class:`~egproc.quantiles.QuantileNetwork` s reading the same x, evaluated as one, in the
+    feature-major layout: x [d, n] → quantiles [G, K, n] (level k of network g in row [g, k]).
+
+    With the objects along the fast axis, the narrow layers (d inputs, K = 21 outputs, the K × K
+    head) run at the speed of the wide ones, and each network's clamp and standardisation
+    broadcast along whole rows. The arithmetic is the network's (same products and sums, the
+    median's increment written over its row instead of selected elementwise), so are the floats."""
+
+    def __init__(self, networks: Sequence[nn.Module]):
+        super().__init__()
+        for network in networks:
+            if not isinstance(network, quantiles.QuantileNetwork):
+                raise TypeError(f"only quantile networks can be fused, got {type(network).__name__}")
+        if len({(n.centre, n.min_step, tuple(n.levels.tolist())) for n in networks}) != 1:
+            raise ValueError("stacked quantile networks need the same levels and step floor")
+        layers = _stacked_layers(networks)
+        n_inputs = layers[0][0].shape[2]
+        _stacked_inputs(self, networks, (len(networks), n_inputs, 1))
+        self.weights = _constants([w for w, _ in layers])  # [G, out, in]
+        self.biases = _constants([b.unsqueeze(2) for _, b in layers])  # [G, out, 1]
+        self.n_hidden = len(layers) - 1
+        self.centre = networks[0].centre
+        self.min_step = networks[0].min_step
+        self.register_buffer("levels", networks[0].levels.detach().clone())
+        # outwardᵀ: the head's matmul with the levels along the rows.
+        self.register_buffer("inward", torch.stack([n.outward.detach().t() for n in networks]).contiguous())
+        self.register_buffer("location", torch.stack([n.target_location.detach() for n in networks]).reshape(-1, 1, 1))
+        self.register_buffer("scale", torch.stack([n.target_scale.detach() for n in networks]).reshape(-1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = _standardised(x.unsqueeze(0), self.input_low, self.input_high, self.input_mean, self.input_scale)
+        for k, (weight, bias) in enumerate(zip(self.weights, self.biases)):
+            h = torch.bmm(weight, h).add_(bias)
+            if k < self.n_hidden:
+                h = nn.functional.silu(h, inplace=True)
+        increments = nn.functional.softplus(h).add_(self.min_step)
+        increments[:, self.centre] = h[:, self.centre]
+        return torch.bmm(self.inward, increments).mul_(self.scale).add_(self.location)
+
+
+class FusedMorphStep(nn.Module):
+    """:class:`MorphStep` with its MC and data networks evaluated as one; x [d, n]."""
+
+    def __init__(self, step: MorphStep):
+        super().__init__()
+        self.networks = StackedQuantileNetworks([step.mc, step.data])
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+        q = self.networks(x)
+        return quantiles.morph_columns(y, q[0], q[1], False)
+
+
+class FusedZeroPeakStep(nn.Module):
+    """:class:`ZeroPeakStep` with its two classifiers evaluated as one, and its two tail networks
+    as one on the objects that end in the tail only (the others end at exactly 0 whatever the
+    tail quantiles: most of an isolation's objects); x [d, n]."""
+
+    def __init__(self, step: ZeroPeakStep):
+        super().__init__()
+        self.classifiers = StackedClassifiers([step.mc_zero, step.data_zero])
+        self.tails = StackedQuantileNetworks([step.mc_tail, step.data_tail])
+        self.uniform = step.uniform
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+        u = uniforms[:, self.uniform]
+        # Row-major and contiguous, as the trained classifiers see x: the same matmul kernels.
+        p = torch.sigmoid(self.classifiers(x.t().contiguous()))
+        p_mc, p_data = p[0], p[1]
+        in_peak = y <= 0.0
+        leave = torch.clamp((p_mc - p_data) / p_mc.clamp_min(1e-6), 0.0, 1.0)
+        join = torch.clamp((p_data - p_mc) / (1.0 - p_mc).clamp_min(1e-6), 0.0, 1.0)
+        moves_out = in_peak & (u < leave)
+        moves_in = ~in_peak & (u < join)
+        rows = torch.nonzero(~((in_peak & ~moves_out) | moves_in)).squeeze(1)
+        q = self.tails(x.index_select(1, rows))
+        y_tail = y.index_select(0, rows)
+        tail = torch.exp(quantiles.morph_columns(torch.log(y_tail.clamp_min(1e-30)), q[0], q[1], True))
+        redrawn = (u.index_select(0, rows) / leave.index_select(0, rows).clamp_min(1e-6)).clamp(0.0, 1.0)
+        drawn = torch.exp(quantiles.quantile_function_columns(q[1], self.tails.levels, redrawn))
+        corrected = torch.where(moves_out.index_select(0, rows), drawn, tail)
+        return torch.zeros_like(y).index_copy(0, rows, corrected)
+
+
+class FusedFollowerZeroStep(nn.Module):
+    """:class:`FollowerZeroStep` with its two tail networks evaluated as one, on the objects whose
+    leader is not in its peak only; x [d, n]."""
+
+    def __init__(self, step: FollowerZeroStep):
+        super().__init__()
+        self.tails = StackedQuantileNetworks([step.mc_tail, step.data_tail])
+        self.uniform = step.uniform
+        self.leader = step.leader
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+        rows = torch.nonzero(~(x[self.leader] <= 0.0)).squeeze(1)
+        q = self.tails(x.index_select(1, rows))
+        y_tail = y.index_select(0, rows)
+        tail = torch.exp(quantiles.morph_columns(torch.log(y_tail.clamp_min(1e-30)), q[0], q[1], True))
+        u = uniforms[:, self.uniform].index_select(0, rows)
+        drawn = torch.exp(quantiles.quantile_function_columns(q[1], self.tails.levels, u))
+        corrected = torch.where(y_tail <= 0.0, drawn, tail)
+        return torch.zeros_like(y).index_copy(0, rows, corrected)
+
+
+class FusedChain(nn.Module):
+    """:class:`Chain` in its exported form (module docstring, "Export"): the same inputs and
+    outputs, each step's networks stacked, and the networks' inputs in one feature-major buffer
+    [features + variables, n] that each corrected variable is written into, instead of growing x
+    by a concatenation per step."""
+
+    def __init__(self, chain: Chain):
+        super().__init__()
+        fused = {MorphStep: FusedMorphStep, ZeroPeakStep: FusedZeroPeakStep, FollowerZeroStep: FusedFollowerZeroStep}
+        unknown = [type(step).__name__ for step in chain.steps if type(step) not in fused]
+        if unknown:
+            raise TypeError(f"no fused form for steps {unknown}")
+        self.features = chain.features
+        self.steps = nn.ModuleList([fused[type(step)](step) for step in chain.steps])
+        self.n_variables = chain.n_variables
+        self.n_uniforms = chain.n_uniforms
+        self.compressed = list(chain.compressed)
+        self.references = list(chain.references)
+        self.lows = list(chain.lows)
+        self.highs = list(chain.highs)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        n_conditions = 4
+        features = self.features(inputs[:, :n_conditions])
+        n_features = features.shape[1]
+        x = torch.cat([features.t(), features.new_empty(self.n_variables, features.shape[0])], dim=0)
+        raw = inputs[:, n_conditions : n_conditions + self.n_variables]
+        uniforms = inputs[:, n_conditions + self.n_variables :]
+        corrected: list[torch.Tensor] = []
+        for i, step in enumerate(self.steps):
+            reference = self.references[i]
+            if reference >= 0:
+                value = step(x[: n_features + i], raw[:, i] - raw[:, reference], uniforms)
+            else:
+                value = step(x[: n_features + i], raw[:, i], uniforms)
+            value = value.clamp(self.lows[i], self.highs[i])
+            if reference >= 0:
+                value = value + corrected[reference]
+            corrected.append(value)
+            x[n_features + i] = chain_input(value, self.compressed[i])
+        return torch.stack(corrected, dim=1)
+
+
+def fuse(chain: Chain) -> FusedChain:
+    """The exported form of a trained chain (:class:`FusedChain`)."""
+    return FusedChain(chain)
+
+
+def _network(
+    kind: str, state: Mapping[str, torch.Tensor], hidden: Sequence[int], centre: int | None = None,
+    min_step: float | None = None,
+) -> nn.Module:
+    """A :class:`~egproc.quantiles.QuantileNetwork` (``kind="quantiles"``) or :class:`ZeroClassifier`
+    with the buffers and weights of ``state`` (its own state_dict layout)."""
+    inputs = {k: state[f"input_{k}"].tolist() for k in ("mean", "scale", "low", "high")}
+    if kind == "quantiles":
+        network: nn.Module = quantiles.QuantileNetwork(
+            inputs["mean"], inputs["scale"], float(state["target_location"]), float(state["target_scale"]),
+            levels=state["levels"].tolist(), hidden=hidden, input_low=inputs["low"], input_high=inputs["high"],
+        )
+        if (centre is not None and centre != network.centre) or (min_step is not None and min_step != network.min_step):
+            raise ValueError(f"a quantile network with centre {centre} and step floor {min_step}: not this egproc's")
+    else:
+        network = ZeroClassifier(inputs["mean"], inputs["scale"], inputs["low"], inputs["high"], hidden, seed=0)
+    network.load_state_dict(dict(state), strict=True)
+    return network
+
+
+def _network_from_torchscript(module: Any) -> nn.Module:
+    state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    layers = sorted(int(k.split(".")[1]) for k in state if k.startswith("net.") and k.endswith(".weight"))
+    hidden = [state[f"net.{k}.weight"].shape[0] for k in layers[:-1]]
+    if module.original_name == "QuantileNetwork":
+        return _network("quantiles", state, hidden, module.centre, module.min_step)
+    if module.original_name == "ZeroClassifier":
+        return _network("classifier", state, hidden)
+    raise TypeError(f"no rebuild for a {module.original_name}")
+
+
+def _unstacked_quantiles(module: Any) -> list[nn.Module]:
+    """The networks of a scripted :class:`StackedQuantileNetworks`, unstacked."""
+    state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    n_layers = len([k for k in state if k.startswith("weights.")])
+    hidden = [state[f"weights.{k}"].shape[1] for k in range(n_layers - 1)]
+    networks = []
+    for g in range(state["inward"].shape[0]):
+        own = {f"input_{k}": state[f"input_{k}"][g, :, 0] for k in ("mean", "scale", "low", "high")}
+        own.update(levels=state["levels"], outward=state["inward"][g].t().contiguous(),
+                   target_location=state["location"][g].reshape(()), target_scale=state["scale"][g].reshape(()))
+        own["is_median"] = torch.arange(len(state["levels"])) == module.centre
+        for k in range(n_layers):
+            own[f"net.{2 * k}.weight"] = state[f"weights.{k}"][g]
+            own[f"net.{2 * k}.bias"] = state[f"biases.{k}"][g, :, 0]
+        networks.append(_network("quantiles", own, hidden, module.centre, module.min_step))
+    return networks
+
+
+def _unstacked_classifiers(module: Any) -> list[nn.Module]:
+    """The classifiers of a scripted :class:`StackedClassifiers`, unstacked."""
+    state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    n_hidden = len([k for k in state if k.startswith("hidden_weights.")])
+    hidden = [state[f"hidden_weights.{k}"].shape[2] for k in range(n_hidden)]
+    networks = []
+    for g in range(state["output_weight"].shape[0]):
+        own = {f"input_{k}": state[f"input_{k}"][g, 0] for k in ("mean", "scale", "low", "high")}
+        for k in range(n_hidden):
+            own[f"net.{2 * k}.weight"] = state[f"hidden_weights.{k}"][g].t().contiguous()
+            own[f"net.{2 * k}.bias"] = state[f"hidden_biases.{k}"][g, 0]
+        own[f"net.{2 * n_hidden}.weight"] = state["output_weight"][g]
+        own[f"net.{2 * n_hidden}.bias"] = state["output_bias"][g]
+        networks.append(_network("classifier", own, hidden))
+    return networks
+
+
+def _step_from_torchscript(step: Any) -> nn.Module:
+    kind = step.original_name
+    if kind in ("MorphStep", "ZeroPeakStep", "FollowerZeroStep"):
+        networks = {name: _network_from_torchscript(child) for name, child in step.named_children() if name != "morph"}
+    elif kind == "FusedMorphStep":
+        networks = dict(zip(("mc", "data"), _unstacked_quantiles(step.networks)))
+    elif kind == "FusedZeroPeakStep":
+        networks = dict(zip(("mc_zero", "data_zero"), _unstacked_classifiers(step.classifiers)))
+        networks.update(zip(("mc_tail", "data_tail"), _unstacked_quantiles(step.tails)))
+    elif kind == "FusedFollowerZeroStep":
+        networks = dict(zip(("mc_tail", "data_tail"), _unstacked_quantiles(step.tails)))
+    else:
+        raise TypeError(f"no rebuild for a {kind}")
+    if kind.endswith("MorphStep"):
+        return MorphStep(networks["mc"], networks["data"])
+    if kind.endswith("ZeroPeakStep"):
+        return ZeroPeakStep(
+            networks["mc_zero"], networks["data_zero"], networks["mc_tail"], networks["data_tail"], uniform=step.uniform
+        )
+    return FollowerZeroStep(networks["mc_tail"], networks["data_tail"], uniform=step.uniform, leader=step.leader)
+
+
+def chain_from_torchscript(module: Any) -> Chain:
+    """The :class:`Chain` (trained form) with the weights of a TorchScript module exported from one,
+    as :class:`Chain` or :class:`FusedChain`: how a bundle is re-exported without retraining
+    (:func:`reexport`)."""
+    if module.original_name not in ("Chain", "FusedChain"):
+        raise TypeError(f"expected a scripted Chain or FusedChain, got a {module.original_name}")
+    steps = [_step_from_torchscript(step) for _, step in module.steps.named_children()]
+    features = ConditionFeatures(module.features.supermodule_phi_offset)
+    features.load_state_dict(module.features.state_dict(), strict=True)
+    return Chain(
+        features, steps, n_uniforms=module.n_uniforms, compressed=list(module.compressed),
+        references=list(module.references), ranges=list(zip(module.lows, module.highs)),
+    )
+
+
+def _module_from_torchscript(module: Any, fused: bool, variables: Sequence[str]) -> nn.Module:
+    """A region and variation's module (correcting ``variables``) rebuilt from its file, fused or
+    in the trained form."""
+    export: Callable[[Chain], nn.Module] = fuse if fused else (lambda chain: chain)
+    if module.original_name == "SplitVariation":
+        chains = [export(chain_from_torchscript(getattr(module, half))) for half in ("nominal", "half_a", "half_b")]
+        return SplitVariation(*chains, module.sign, module.zero_peak.tolist(), leader_columns(variables))
+    return export(chain_from_torchscript(module))
+
+
+def reexport(source: str | Path, out: str | Path | None = None, *, fused: bool = True, note: str = "") -> Path:
+    """Write the CQR bundle ``source`` again with its TorchScript modules rebuilt from the weights
+    they hold, without retraining: fused (:class:`FusedChain`, the form :func:`train` exports) or,
+    with ``fused=False``, in the trained form (:class:`Chain`). ``out`` defaults to ``source``
+    (replaced only once the new bundle is written and loads). The manifest keeps its steps,
+    provenance and correctionlib file (same bytes); provenance gains a ``reexported`` entry with
+    the previous checksums. Returns the folder."""
+    source = Path(source)
+    out = Path(out) if out is not None else source
+    # Checksums verified; the models are checked once written (bundle.write loads the result).
+    original = bundle_format.load(source, device="cpu", check_models=False)
+    manifest = original.manifest
+    if manifest.method != "cqr":
+        raise ValueError(f"{source}: a {manifest.method} bundle, not cqr")
+    models: dict[str, Any] = {}
+    steps: list[dict[str, Any]] = []
+    for step in manifest.steps:
+        data = step.model_dump()
+        if isinstance(step, bundle_format.TorchScriptStep):
+            file_name = step.model.file
+            if file_name not in models:
+                module = torch.jit.load(str(source / file_name), map_location="cpu")
+                variables = [output.removeprefix(f"{manifest.collection}_") for output in step.outputs]
+                models[file_name] = torch.jit.script(_module_from_torchscript(module, fused, variables))
+            data["model"] = file_name
+        steps.append(data)
+    payload = gzip.decompress((source / manifest.corrections.file).read_bytes()).decode()
+    entry = {
+        "form": "fused (egproc.cqr.FusedChain)" if fused else "trained (egproc.cqr.Chain)",
+        "how": (
+            "egproc.cqr.reexport: each module rebuilt from the weights in its file "
+            "(egproc.cqr.chain_from_torchscript) and scripted again; no retraining"
+        ),
+        "previous_sha256": {a.file: a.sha256 for a in manifest.artefacts()},
+        "note": note,
+    }
+    provenance = dict(manifest.provenance)
+    provenance["reexported"] = [*provenance.get("reexported", []), entry]
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as scratch:
+        written = bundle_format.write(
+            Path(scratch) / out.name, name=manifest.name, method=manifest.method, collection=manifest.collection,
+            description=manifest.description, correction_set=cs.CorrectionSet.model_validate_json(payload),
+            steps=steps, models=models, event_weights=manifest.event_weights, provenance=provenance,
+        )
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.move(str(written), str(out))
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -850,7 +1260,9 @@ def _variations(splits: bool) -> tuple[str, ...]:
 
 def _exported(chains: Mapping[str, Chain], variation: str, variables: Sequence[str]) -> nn.Module:
     if variation in ("nominal", *HALVES):
-        return chains[variation]
+        return fuse(chains[variation])
     zero_peak = [v in ZERO_PEAK for v in variables]
     sign = {"up": 1.0, "down": -1.0}[variation]
-    return SplitVariation(chains["nominal"], chains["half_a"], chains["half_b"], sign, zero_peak, leader_columns(variables))
+    return SplitVariation(
+        fuse(chains["nominal"]), fuse(chains["half_a"]), fuse(chains["half_b"]), sign, zero_peak, leader_columns(variables)
+    )

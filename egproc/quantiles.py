@@ -49,7 +49,10 @@ from torch import nn
 
 from egproc import training
 
-__all__ = ["LEVELS", "QuantileNetwork", "QuantileMorph", "quantile_function", "hidden_layers", "pinball_loss", "fit"]
+__all__ = [
+    "LEVELS", "QuantileNetwork", "QuantileMorph", "quantile_function", "morph_columns", "quantile_function_columns",
+    "hidden_layers", "pinball_loss", "fit",
+]
 
 #: Floor on the step between consecutive quantiles, in units of the target scale.
 MIN_STEP = 1e-4
@@ -257,3 +260,36 @@ def fit(
         network, loss, x, y, weights, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
         seed=seed, device=device, on_epoch=on_epoch,
     )
+
+
+def morph_columns(y: torch.Tensor, source: torch.Tensor, target: torch.Tensor, shift_tails: bool) -> torch.Tensor:
+    """:class:`QuantileMorph` (``tails="shift"`` where ``shift_tails``) on quantiles stored one level
+    per row, [K, n]: the layout of the fused CQR export. The same floats; the segment is found by
+    counting the source quantiles not above y, which for ascending quantiles is the index
+    ``searchsorted(..., right=True)`` gives, and a sum along the rows, unlike a search per object,
+    runs vectorised over the objects."""
+    n_levels = source.shape[0]
+    upper = (source <= y).sum(dim=0).clamp(1, n_levels - 1).unsqueeze(0)
+    lower = upper - 1
+    s_low, s_high = source.gather(0, lower).squeeze(0), source.gather(0, upper).squeeze(0)
+    t_low, t_high = target.gather(0, lower).squeeze(0), target.gather(0, upper).squeeze(0)
+    width = s_high - s_low
+    slope = torch.where(width > 0, (t_high - t_low) / width, torch.zeros_like(width))
+    morphed = t_low + (y - s_low) * slope
+    if shift_tails:
+        below = y < source[0]
+        above = y > source[n_levels - 1]
+        morphed = torch.where(below, y + target[0] - source[0], morphed)
+        morphed = torch.where(above, y + target[n_levels - 1] - source[n_levels - 1], morphed)
+    return morphed
+
+
+def quantile_function_columns(quantiles: torch.Tensor, levels: torch.Tensor, probability: torch.Tensor) -> torch.Tensor:
+    """:func:`quantile_function` on quantiles stored one level per row, [K, n]."""
+    n_levels = levels.shape[0]
+    upper = torch.searchsorted(levels, probability.contiguous(), right=True).clamp(1, n_levels - 1)
+    lower = upper - 1
+    q_low = quantiles.gather(0, lower.unsqueeze(0)).squeeze(0)
+    q_high = quantiles.gather(0, upper.unsqueeze(0)).squeeze(0)
+    tau_low, tau_high = levels[lower], levels[upper]
+    return q_low + (probability - tau_low) * (q_high - q_low) / (tau_high - tau_low)

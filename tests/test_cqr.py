@@ -196,6 +196,7 @@ def test_bundle_holds_one_module_per_region_and_variation(trained):
             assert step.inputs == (*cqr.CONDITIONS, *step.outputs, *(f"Photon_cqrUniform_{v}" for v in zero_peak))
             # Loads with plain torch.jit.load (what libtorch users do) and takes the declared columns.
             module = torch.jit.load(str(trained.path / step.model.file))
+            assert module.original_name == ("FusedChain" if variation in ("nominal", *cqr.HALVES) else "SplitVariation")
             assert module(torch.rand(3, len(step.inputs)) + 0.5).shape == (3, len(chain))
 
 
@@ -222,6 +223,104 @@ def test_exported_module_equals_the_trained_chain(samples, tmp_path):
     with torch.no_grad():
         np.testing.assert_array_equal(again(inputs).numpy(), eager)
 
+
+@pytest.fixture(scope="module")
+def tiny_chains(samples):
+    """Tiny EE chains (nominal and the two halves), with every kind of step: quantile morphs, zero
+    peaks, a follower (esEnergyOverRawE) and an excess (pfChargedIsoWorstVtx); and MC inputs."""
+    data, mc, _ = cqr.read_samples([samples["data"]], [samples["mc"]])
+    variables = cqr.CHAINS["EE"]
+    chains = {
+        variant: cqr.train_chain(
+            data["EE"] if variant == "nominal" else data["EE"].half(variant),
+            mc["EE"] if variant == "nominal" else mc["EE"].half(variant),
+            variables, settings=TINY, seed=3, label=f"{variant}/EE",
+        )
+        for variant in ("nominal", *cqr.HALVES)
+    }
+    kinds = {type(step) for step in chains["nominal"].steps}
+    assert kinds == {cqr.MorphStep, cqr.ZeroPeakStep, cqr.FollowerZeroStep}
+    assert max(chains["nominal"].references) >= 0
+    n_uniforms = sum(v in cqr.ZERO_PEAK for v in variables)
+    inputs = torch.from_numpy(np.concatenate([
+        mc["EE"].conditions,
+        np.stack([mc["EE"].values[v] for v in variables], axis=1),
+        np.random.default_rng(1).random((len(mc["EE"]), n_uniforms), dtype=np.float32),
+    ], axis=1))
+    return chains, inputs
+
+
+def assert_same_correction(got, expected):
+    """Float32 re-association at most: the same peak/tail decisions, values within 1e-5
+    relative or 1e-6 absolute."""
+    np.testing.assert_array_equal(got == 0, expected == 0)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_export_equals_the_trained_chain(tiny_chains):
+    """The exported (fused) form of a chain and of the split variations gives the trained chain's
+    corrections, scripted, and frozen in the engine's micro-batches (smaller than the sample, so
+    the tail networks also run on row subsets of other sizes)."""
+    chains, inputs = tiny_chains
+    zero_peak = [v in cqr.ZERO_PEAK for v in cqr.CHAINS["EE"]]
+    pairs = [(chains["nominal"], cqr.fuse(chains["nominal"]))]
+    for sign in (1.0, -1.0):
+        pairs.append((
+            cqr.SplitVariation(chains["nominal"], chains["half_a"], chains["half_b"], sign, zero_peak),
+            cqr.SplitVariation(*(cqr.fuse(chains[v]) for v in ("nominal", *cqr.HALVES)), sign, zero_peak),
+        ))
+    for trained_form, fused in pairs:
+        scripted = torch.jit.script(fused)
+        with torch.no_grad():
+            expected = trained_form(inputs).numpy()
+            assert_same_correction(scripted(inputs).numpy(), expected)
+        frozen = torch.jit.freeze(scripted.eval())
+        assert_same_correction(engine.run_batched(frozen, inputs.numpy(), expected.shape[1], batch_size=1000), expected)
+    assert np.mean(expected == 0) > 0.1  # the comparison covers peaks
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["trained form", "fused"])
+def test_a_chain_is_rebuilt_with_its_weights_from_its_exported_file(tiny_chains, tmp_path, fused):
+    chains, inputs = tiny_chains
+    chain = chains["nominal"]
+    path = tmp_path / "chain.pt"
+    torch.jit.save(torch.jit.script(cqr.fuse(chain) if fused else chain), str(path))
+    rebuilt = cqr.chain_from_torchscript(torch.jit.load(str(path)))
+    expected = chain.state_dict()
+    assert rebuilt.state_dict().keys() == expected.keys()
+    for key, value in rebuilt.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+    assert (rebuilt.lows, rebuilt.highs, rebuilt.references, rebuilt.compressed) == (chain.lows, chain.highs, chain.references, chain.compressed)
+    with torch.no_grad():
+        np.testing.assert_array_equal(rebuilt(inputs).numpy(), chain(inputs).numpy())
+
+
+def test_reexport_keeps_the_correction(trained, samples, tmp_path):
+    """A bundle re-exported from its weights in the trained form corrects as the (fused) trained
+    bundle, and re-exported back to the fused form it is the trained bundle byte for byte;
+    manifest steps, correctionlib file and provenance are kept, the previous checksums recorded."""
+    from egproc.bundle import Manifest
+
+    unfused = cqr.reexport(trained.path, tmp_path / "unfused", fused=False)
+    fused = cqr.reexport(unfused, tmp_path / "fused", note="round trip")
+    manifests = {path: Manifest.model_validate_json((path / "bundle.json").read_text()) for path in (unfused, fused)}
+    for path, manifest in manifests.items():
+        files = {s.model.file for s in manifest.steps if s.kind == "torchscript"}
+        kinds = {torch.jit.load(str(path / file)).original_name for file in files}
+        assert kinds == ({"Chain", "SplitVariation"} if path == unfused else {"FusedChain", "SplitVariation"})
+        assert manifest.corrections == trained.manifest.corrections
+        provenance = dict(manifest.provenance)
+        history = provenance.pop("reexported")
+        assert provenance == trained.manifest.provenance
+    assert [entry["note"] for entry in history] == ["", "round trip"]
+    assert history[0]["previous_sha256"] == {a.file: a.sha256 for a in trained.manifest.artefacts()}
+    assert manifests[fused].steps == trained.manifest.steps  # same files, same checksums
+
+    events = events_of(samples["mc"])
+    expected = trained.apply(events.Photon, events)
+    got = egproc.load(unfused, device="cpu", check_models=False).apply(events.Photon, events)  # checked when written
+    for field in ("r9", "sieie", "esEffSigmaRR", "esEnergyOverRawE", "pfPhoIso03", "pfChargedIsoWorstVtx"):
+        assert_same_correction(flat(got[field]), flat(expected[field]))
 
 def test_corrected_mc_moves_towards_data(trained, samples):
     """Even a 100-step chain of 16-unit networks on 40 k events moves the barrel sieie mean and
@@ -260,8 +359,11 @@ def test_up_and_down_bracket_nominal(trained, samples):
         centre = 0.5 * (flat(up[field]) + flat(down[field]))
         np.testing.assert_allclose(centre[ok], flat(nominal[field])[ok], rtol=1e-5, atol=1e-7)
         assert np.mean(flat(up[field])[ok] != flat(nominal[field])[ok]) > 0.9
+    endcap = ok & (np.abs(flat(events.Photon.superclusterEta)) > 1.566)
     for corrected in (nominal, up, down):  # the worst vertex includes the primary one (cqr.ABOVE)
         assert np.all(flat(corrected.pfChargedIsoWorstVtx)[ok] >= flat(corrected.pfChargedIsoPFPV)[ok])
+        # The preshower pair shares its zero peak (cqr.FOLLOWS), in the variations too.
+        np.testing.assert_array_equal(flat(corrected.esEnergyOverRawE)[endcap] == 0, flat(corrected.esEffSigmaRR)[endcap] == 0)
 
 
 def test_isolation_treatment_does_not_depend_on_chunking_or_selection(trained, samples):

@@ -12,9 +12,10 @@ import awkward as ak
 import correctionlib
 import numpy as np
 import pytest
+import torch
 
 import egproc
-from egproc import engine, probes, toy
+from egproc import cqr, engine, probes, toy
 from egproc.bundle import Manifest
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -85,3 +86,30 @@ def test_shipped_fudge_moves_independent_mc_means_onto_data(tmp_path):
         raw = np.average(mc[f"raw_{field}"][in_barrel_mc], weights=mc["weight"][in_barrel_mc])
         fixed = np.average(mc[field][in_barrel_mc], weights=mc["weight"][in_barrel_mc])
         assert abs(fixed - target) < 0.25 * abs(raw - target), (field, target, raw, fixed)
+
+
+def test_shipped_cqr_modules_are_fused_and_equal_their_trained_form():
+    """corrections/toy-cqr ships the fused export (egproc.cqr.FusedChain); the trained chain rebuilt
+    from the weights in its files gives the same corrections: the same peak/tail decisions, values
+    to float32 rounding."""
+    folder = REPOSITORY / "corrections" / "toy-cqr"
+    rng = np.random.default_rng(7)
+    n = 3000
+    for region, variables in cqr.CHAINS.items():
+        module = torch.jit.load(str(folder / f"cqr_{region}_nominal.pt"))
+        assert module.original_name == "FusedChain"
+        trained = cqr.chain_from_torchscript(module)
+        # Raw values across each variable's range in training, a third of them exactly 0 for the
+        # zero-peak variables, and uniforms.
+        lows, highs = np.asarray(trained.lows), np.asarray(trained.highs)
+        values = rng.uniform(lows, highs, (n, len(variables)))
+        zero_peak = np.array([v in cqr.ZERO_PEAK for v in variables])
+        values[:, zero_peak] = np.where(rng.random((n, zero_peak.sum())) < 0.3, 0.0, values[:, zero_peak])
+        eta = rng.uniform(0.0, 1.44, n) if region == "EB" else rng.uniform(1.57, 2.5, n)
+        conditions = np.column_stack([rng.uniform(20, 150, n), eta * rng.choice([-1, 1], n), rng.uniform(-np.pi, np.pi, n), rng.uniform(0, 45, n)])
+        inputs = torch.from_numpy(np.column_stack([conditions, values, rng.random((n, zero_peak.sum()))]).astype(np.float32))
+        with torch.no_grad():
+            fused, expected = module(inputs).numpy(), trained(inputs).numpy()
+        assert np.all(np.isfinite(expected))
+        np.testing.assert_array_equal(fused == 0, expected == 0)
+        np.testing.assert_allclose(fused, expected, rtol=1e-5, atol=1e-6)

@@ -123,6 +123,7 @@ __all__ = [
     "Chain",
     "SplitVariation",
     "leader_columns",
+    "region_steps",
     "FusedChain",
     "fuse",
     "chain_from_torchscript",
@@ -1191,37 +1192,7 @@ def train(
             facts["rho_correction"],
         ],
     )
-    models: dict[str, Any] = {}
-    steps: list[bundle_format.CorrectionlibStep | dict[str, Any]] = []
-    validity = bundle_format.Validity(correction="cqr_validity", inputs=(CONDITIONS[0], CONDITIONS[1], CONDITIONS[3]))
-    for variation in _variations(splits):
-        for f in zero_peak_fields:
-            regions = [r for r, chain in CHAINS.items() if f in chain]
-            steps.append(
-                bundle_format.CorrectionlibStep(
-                    correction=f"cqr_uniform_{f}", inputs=UNIFORM_IDENTITY, output=f"Photon_cqrUniform_{f}",
-                    region="EB+EE" if len(regions) == 2 else regions[0], variation=variation, keep=False,
-                    validity=validity,
-                )
-            )
-        for region, variables in CHAINS.items():
-            file_name = f"cqr_{region}_{variation}.pt"
-            models[file_name] = torch.jit.script(_exported(chains[region], variation, variables))
-            steps.append(
-                {
-                    "kind": "torchscript",
-                    "model": file_name,  # bundle.write fills in the checksum
-                    "inputs": (
-                        *CONDITIONS,
-                        *(f"Photon_{v}" for v in variables),
-                        *(f"Photon_cqrUniform_{v}" for v in variables if v in ZERO_PEAK),
-                    ),
-                    "outputs": tuple(f"Photon_{v}" for v in variables),
-                    "region": region,
-                    "variation": variation,
-                    "validity": validity.model_dump(),
-                }
-            )
+    steps, models = region_steps("cqr", CHAINS, lambda region, variation: _exported(chains[region], variation, CHAINS[region]), splits)
     return bundle_format.write(
         out,
         name=name,
@@ -1252,6 +1223,54 @@ def train(
             "mass_window": list(probes.MASS_WINDOW),
         },
     )
+
+
+def region_steps(
+    method: str,
+    variables: Mapping[str, Sequence[str]],
+    exported: Callable[[str, str], nn.Module],
+    splits: bool,
+) -> tuple[list[Any], dict[str, Any]]:
+    """The steps and models of a bundle with one module per ECAL region and variation (CQR, the
+    flow): per variation, the hashprng uniform of each zero-peak variable (correctionlib
+    ``<method>_uniform_<field>``, kept internal), then per region the TorchScript module
+    ``<method>_<region>_<variation>.pt`` = ``exported(region, variation)`` on
+    [:data:`CONDITIONS`, the variables, their uniforms]; every step gated by ``<method>_validity``.
+    Returns (steps, models by file name)."""
+    zero_peak_fields = sorted({f for fields in variables.values() for f in fields if f in ZERO_PEAK})
+    validity = bundle_format.Validity(correction=f"{method}_validity", inputs=(CONDITIONS[0], CONDITIONS[1], CONDITIONS[3]))
+    uniform = f"{method}Uniform"
+    models: dict[str, Any] = {}
+    steps: list[Any] = []
+    for variation in _variations(splits):
+        for f in zero_peak_fields:
+            regions = [r for r, fields in variables.items() if f in fields]
+            steps.append(
+                bundle_format.CorrectionlibStep(
+                    correction=f"{method}_uniform_{f}", inputs=UNIFORM_IDENTITY, output=f"Photon_{uniform}_{f}",
+                    region="EB+EE" if len(regions) == 2 else regions[0], variation=variation, keep=False,
+                    validity=validity,
+                )
+            )
+        for region, fields in variables.items():
+            file_name = f"{method}_{region}_{variation}.pt"
+            models[file_name] = torch.jit.script(exported(region, variation))
+            steps.append(
+                {
+                    "kind": "torchscript",
+                    "model": file_name,  # bundle.write fills in the checksum
+                    "inputs": (
+                        *CONDITIONS,
+                        *(f"Photon_{v}" for v in fields),
+                        *(f"Photon_{uniform}_{v}" for v in fields if v in ZERO_PEAK),
+                    ),
+                    "outputs": tuple(f"Photon_{v}" for v in fields),
+                    "region": region,
+                    "variation": variation,
+                    "validity": validity.model_dump(),
+                }
+            )
+    return steps, models
 
 
 def _variations(splits: bool) -> tuple[str, ...]:

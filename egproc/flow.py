@@ -421,37 +421,9 @@ def train(
             facts["rho_correction"],
         ],
     )
-    validity = bundle_format.Validity(correction="flow_validity", inputs=(cqr.CONDITIONS[0], cqr.CONDITIONS[1], cqr.CONDITIONS[3]))
-    models: dict[str, Any] = {}
-    steps: list[Any] = []
-    for variation in cqr._variations(splits):
-        for f in zero_peak_fields:
-            regions = [r for r, fields in VARIABLES.items() if f in fields]
-            steps.append(
-                bundle_format.CorrectionlibStep(
-                    correction=f"flow_uniform_{f}", inputs=cqr.UNIFORM_IDENTITY, output=f"Photon_flowUniform_{f}",
-                    region="EB+EE" if len(regions) == 2 else regions[0], variation=variation, keep=False,
-                    validity=validity,
-                )
-            )
-        for region, variables in VARIABLES.items():
-            file_name = f"flow_{region}_{variation}.pt"
-            models[file_name] = torch.jit.script(_exported(flows[region], variation, variables))
-            steps.append(
-                {
-                    "kind": "torchscript",
-                    "model": file_name,
-                    "inputs": (
-                        *cqr.CONDITIONS,
-                        *(f"Photon_{v}" for v in variables),
-                        *(f"Photon_flowUniform_{v}" for v in variables if v in cqr.ZERO_PEAK),
-                    ),
-                    "outputs": tuple(f"Photon_{v}" for v in variables),
-                    "region": region,
-                    "variation": variation,
-                    "validity": validity.model_dump(),
-                }
-            )
+    steps, models = cqr.region_steps(
+        "flow", VARIABLES, lambda region, variation: _exported(flows[region], variation, VARIABLES[region]), splits
+    )
     return bundle_format.write(
         out,
         name=name,

@@ -374,7 +374,8 @@ def test_isolation_treatment_does_not_depend_on_chunking_or_selection(trained, s
 
     def assert_same(got, expected):
         np.testing.assert_array_equal(got == 0, expected == 0)
-        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=0)
+        # A last-bit difference in a tail network is amplified by exp() of the ln-y morph.
+        np.testing.assert_allclose(got, expected, rtol=5e-5, atol=0)
 
     path = samples["mc"]
     fields = ("pfPhoIso03", "pfChargedIsoPFPV", "pfChargedIsoWorstVtx", "esEffSigmaRR", "esEnergyOverRawE", "r9")

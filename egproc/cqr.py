@@ -124,6 +124,7 @@ __all__ = [
     "SplitVariation",
     "leader_columns",
     "region_steps",
+    "sample_provenance",
     "FusedChain",
     "fuse",
     "chain_from_torchscript",
@@ -1213,16 +1214,30 @@ def train(
             "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.__dict__.items()},
             "chains": {r: list(v) for r, v in CHAINS.items()},
             "validity": {"pt": list(pt_range), "rho": list(rho_range)},
-            "split": "half_a: even event numbers, half_b: odd; up/down = nominal ± (half_a − half_b)/2",
             "training_seconds": timings,
-            "data_files": {Path(f).name: engine.sha256_of(f) for f in data_files},
-            "mc_files": {Path(f).name: engine.sha256_of(f) for f in mc_files},
-            "data_probes": facts["data_probes"],
-            "mc_probes": facts["mc_probes"],
-            "probes_per_region": {r: {"data": len(data[r]), "mc": len(mc[r])} for r in CHAINS},
-            "mass_window": list(probes.MASS_WINDOW),
+            **sample_provenance(data_files, mc_files, data, mc, facts),
         },
     )
+
+
+def sample_provenance(
+    data_files: Sequence[str | Path],
+    mc_files: Sequence[str | Path],
+    data: Mapping[str, TrainingSample],
+    mc: Mapping[str, TrainingSample],
+    facts: Mapping[str, Any],
+) -> dict[str, Any]:
+    """What a per-region network bundle records of its training samples (:func:`read_samples`):
+    the input files' checksums, the probe counts, the mass window and the split definition."""
+    return {
+        "split": "half_a: even event numbers, half_b: odd; up/down = nominal ± (half_a − half_b)/2",
+        "data_files": {Path(f).name: engine.sha256_of(f) for f in data_files},
+        "mc_files": {Path(f).name: engine.sha256_of(f) for f in mc_files},
+        "data_probes": facts["data_probes"],
+        "mc_probes": facts["mc_probes"],
+        "probes_per_region": {r: {"data": len(data[r]), "mc": len(mc[r])} for r in data},
+        "mass_window": list(probes.MASS_WINDOW),
+    }
 
 
 def region_steps(

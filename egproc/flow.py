@@ -444,15 +444,9 @@ def train(
             "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.__dict__.items()},
             "variables": {r: list(v) for r, v in VARIABLES.items()},
             "validity": {"pt": list(pt_range), "rho": list(rho_range)},
-            "split": "half_a: even event numbers, half_b: odd; up/down = nominal ± (half_a − half_b)/2",
             "training_seconds": timings,
             "losses": losses,
-            "data_files": {Path(f).name: engine.sha256_of(f) for f in data_files},
-            "mc_files": {Path(f).name: engine.sha256_of(f) for f in mc_files},
-            "data_probes": facts["data_probes"],
-            "mc_probes": facts["mc_probes"],
-            "probes_per_region": {r: {"data": len(data[r]), "mc": len(mc[r])} for r in VARIABLES},
-            "mass_window": list(probes.MASS_WINDOW),
+            **cqr.sample_provenance(data_files, mc_files, data, mc, facts),
         },
     )
 

@@ -156,6 +156,8 @@ def _parser() -> argparse.ArgumentParser:
     flow.add_argument("--hidden", type=int, nargs="+", help="hidden layer sizes of the coupling conditioners")
     flow.add_argument("--batch-size", type=int)
     flow.add_argument("--learning-rate", type=float)
+    flow.add_argument("--evaluate-every", type=int, help="steps between held-out loss evaluations (the best is kept)")
+    flow.add_argument("--patience", type=int, help="evaluations without improvement that stop training (0: never)")
     flow.set_defaults(handler=_train_network_method)
 
     check = commands.add_parser("check", help="verify a bundle and check files have its branches")

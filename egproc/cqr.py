@@ -94,7 +94,7 @@ import shutil
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -125,6 +125,8 @@ __all__ = [
     "leader_columns",
     "region_steps",
     "sample_provenance",
+    "training_parts",
+    "write_region_bundle",
     "FusedChain",
     "fuse",
     "chain_from_torchscript",
@@ -1157,65 +1159,45 @@ def train(
 
     device = engine.resolve_device(device)
     data, mc, facts = read_samples(data_files, mc_files)
-    variants = ("nominal", *HALVES) if splits else ("nominal",)
-    total = len(variants) * sum(models_per_chain(CHAINS[r]) for r in CHAINS)
+    total = (3 if splits else 1) * sum(models_per_chain(CHAINS[r]) for r in CHAINS)
     chains: dict[str, dict[str, Chain]] = {r: {} for r in CHAINS}
     timings: dict[str, float] = {}
     with tqdm(total=total, desc="train cqr", unit="model", disable=not progress) as bar:
-        for variant in variants:
-            for region, variables in CHAINS.items():
-                start = time.perf_counter()
-                data_r, mc_r = data[region], mc[region]
-                if variant != "nominal":
-                    data_r, mc_r = data_r.half(variant), mc_r.half(variant)
+        for variant, region, data_r, mc_r in training_parts(data, mc, splits):
+            start = time.perf_counter()
 
-                def advance(label: str) -> None:
-                    bar.set_postfix_str(label)
-                    bar.update()
+            def advance(label: str) -> None:
+                bar.set_postfix_str(label)
+                bar.update()
 
-                chains[region][variant] = train_chain(
-                    data_r, mc_r, variables, settings=settings, seed=seed, device=device,
-                    label=f"{variant}/{region}", on_fit=advance,
-                )
-                timings[f"{variant}/{region}"] = round(time.perf_counter() - start, 1)
+            chains[region][variant] = train_chain(
+                data_r, mc_r, CHAINS[region], settings=settings, seed=seed, device=device,
+                label=f"{variant}/{region}", on_fit=advance,
+            )
+            timings[f"{variant}/{region}"] = round(time.perf_counter() - start, 1)
 
-    samples = [*data.values(), *mc.values()]
-    pt_range = _domain(samples, 0, low=probes.PROBE_MIN_PT)
-    rho_range = _domain(samples, 3, low=0.0)
-    zero_peak_fields = sorted({f for chain in CHAINS.values() for f in chain if f in ZERO_PEAK})
-    salts = {f: k + 1 for k, f in enumerate(zero_peak_fields)}
-    correction_set = cs.CorrectionSet(
-        schema_version=2,
-        description=f"egproc chained quantile regression ({name}): validity, per-photon uniforms, MC rho weights",
-        corrections=[
-            validity_correction(pt_range, rho_range),
-            *(uniform_correction(f, salts[f]) for f in zero_peak_fields),
-            facts["rho_correction"],
-        ],
-    )
-    steps, models = region_steps("cqr", CHAINS, lambda region, variation: _exported(chains[region], variation, CHAINS[region]), splits)
-    return bundle_format.write(
+    return write_region_bundle(
         out,
-        name=name,
         method="cqr",
-        collection="Photon",
+        title="CQR",
+        name=name,
         description=(
             "Chained quantile regression: MC photon shower shapes, preshower and isolations morphed onto data "
             "per ECAL region, one TorchScript module per region and variation"
         ),
-        correction_set=correction_set,
-        steps=steps,
-        models=models,
-        event_weights=[bundle_format.EventWeight(name="rho", correction="rho_reweighting", inputs=(CONDITIONS[3],))],
+        variables=CHAINS,
+        exported=lambda region, variation: _exported(chains[region], variation, CHAINS[region]),
+        splits=splits,
+        samples=(data_files, mc_files, data, mc, facts),
+        first_salt=1,
+        uniform_purpose="peak/tail migration of CQR",
         provenance={
             **dict(provenance or {}),
             "seed": seed,
             "device": device,
             "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.__dict__.items()},
             "chains": {r: list(v) for r, v in CHAINS.items()},
-            "validity": {"pt": list(pt_range), "rho": list(rho_range)},
             "training_seconds": timings,
-            **sample_provenance(data_files, mc_files, data, mc, facts),
         },
     )
 
@@ -1238,6 +1220,75 @@ def sample_provenance(
         "probes_per_region": {r: {"data": len(data[r]), "mc": len(mc[r])} for r in data},
         "mass_window": list(probes.MASS_WINDOW),
     }
+
+
+def training_parts(
+    data: Mapping[str, TrainingSample], mc: Mapping[str, TrainingSample], splits: bool
+) -> Iterator[tuple[str, str, TrainingSample, TrainingSample]]:
+    """(variant, region, data probes, MC probes) of every network set a per-region bundle trains:
+    all probes ("nominal") and, with ``splits``, each half of event numbers (:data:`HALVES`)."""
+    for variant in ("nominal", *HALVES) if splits else ("nominal",):
+        for region in data:
+            data_r, mc_r = data[region], mc[region]
+            if variant != "nominal":
+                data_r, mc_r = data_r.half(variant), mc_r.half(variant)
+            yield variant, region, data_r, mc_r
+
+
+def write_region_bundle(
+    out: str | Path,
+    *,
+    method: str,
+    title: str,
+    name: str,
+    description: str,
+    variables: Mapping[str, Sequence[str]],
+    exported: Callable[[str, str], nn.Module],
+    splits: bool,
+    samples: tuple[Sequence[str | Path], Sequence[str | Path], Mapping[str, TrainingSample], Mapping[str, TrainingSample], Mapping[str, Any]],
+    first_salt: int,
+    uniform_purpose: str,
+    provenance: Mapping[str, Any],
+) -> Path:
+    """Write a bundle of one TorchScript module per ECAL region and variation (CQR, the flow):
+    ``method`` names its files and corrections, ``title`` (e.g. "CQR") its correctionlib texts.
+
+    The correctionlib set holds ``<method>_validity`` (the training range in pT and ρ), the
+    ``<method>_uniform_<field>`` of each zero-peak variable (salts from ``first_salt`` on, so that
+    methods draw independent streams) and the ρ reweighting; ``samples`` is (data files, MC files,
+    data and MC probes per region, facts) as :func:`read_samples` gives them, recorded with
+    :func:`sample_provenance` after ``provenance``. Returns the folder."""
+    data_files, mc_files, data, mc, facts = samples
+    probes_all = [*data.values(), *mc.values()]
+    pt_range = _domain(probes_all, 0, low=probes.PROBE_MIN_PT)
+    rho_range = _domain(probes_all, 3, low=0.0)
+    zero_peak_fields = sorted({f for fields in variables.values() for f in fields if f in ZERO_PEAK})
+    correction_set = cs.CorrectionSet(
+        schema_version=2,
+        description=f"egproc {title} correction ({name}): validity, per-photon uniforms, MC rho weights",
+        corrections=[
+            validity_correction(pt_range, rho_range, name=f"{method}_validity", method=title),
+            *(uniform_correction(f, first_salt + k, prefix=method, purpose=uniform_purpose) for k, f in enumerate(zero_peak_fields)),
+            facts["rho_correction"],
+        ],
+    )
+    steps, models = region_steps(method, variables, exported, splits)
+    return bundle_format.write(
+        out,
+        name=name,
+        method=method,
+        collection="Photon",
+        description=description,
+        correction_set=correction_set,
+        steps=steps,
+        models=models,
+        event_weights=[bundle_format.EventWeight(name="rho", correction="rho_reweighting", inputs=(CONDITIONS[3],))],
+        provenance={
+            **provenance,
+            "validity": {"pt": list(pt_range), "rho": list(rho_range)},
+            **sample_provenance(data_files, mc_files, data, mc, facts),
+        },
+    )
 
 
 def region_steps(

@@ -223,7 +223,8 @@ def clear_cache() -> None:
 
 
 #: Default micro-batch rows. On a CPU, small batches keep a network's activations in cache (the
-#: shipped CQR chain: 178 k rows/s at 4096 rows, 114 k at 65536, one thread); a GPU wants large ones.
+#: first, unfused CQR chain ran at 178 k rows/s in batches of 4096 and 114 k in batches of 65536,
+#: one thread; README "Benchmarks"); a GPU wants large ones.
 CPU_BATCH_SIZE = 4096
 GPU_BATCH_SIZE = 65536
 

@@ -95,26 +95,38 @@ def distribution(output: Mapping[str, Any], stages: list[str], field: str, regio
 
 
 def distance_trends(output: Mapping[str, Any], stages: list[str], field: str, folder: Path) -> str:
-    """W₁ to data versus pT (per region) and versus |η_SC| (all pT), with the data-vs-data2 floor."""
+    """W₁ to data versus pT (per region) and versus |η_SC| (all pT), with the noise floor: the
+    expected data-vs-data2 distance at their statistics."""
     spec = variable(field)
     edges = output["data"]["histograms"][field].axes["value"].edges
 
     def counts(dataset: str, stage: str) -> np.ndarray:
         return output[dataset]["histograms"][field][{"stage": stage}].values()
 
+    def variances(dataset: str) -> np.ndarray:
+        return output[dataset]["histograms"][field][{"stage": "raw"}].variances()
+
+    def expected_floor(axis: int, columns: list[int] | slice = slice(None)) -> np.ndarray:
+        """Expected W₁ of data vs data2, the bins summed over ``axis`` (1: |η| in ``columns``; 0: pT)."""
+        def summed(values: np.ndarray) -> np.ndarray:
+            return values[:, columns].sum(1) if axis == 1 else values.sum(0)
+        data_counts = summed(counts("data", "raw"))
+        entries = [metrics.effective_entries(summed(counts(d, "raw")), summed(variances(d))) for d in ("data", "data2")]
+        return metrics.expected_wasserstein_distance(data_counts, edges, *entries)
+
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5), layout="constrained")
     pt_centres = 0.5 * (np.asarray(PT_EDGES[1:]) + np.asarray(PT_EDGES[:-1]))
     eta_centres = 0.5 * (np.asarray(ABS_ETA_EDGES[1:]) + np.asarray(ABS_ETA_EDGES[:-1]))
-    data, data2 = counts("data", "raw"), counts("data2", "raw")
+    data = counts("data", "raw")
     for region in spec.regions:
         columns = list(REGION_BINS[region])
-        floor = metrics.wasserstein_distance(data[:, columns].sum(1), data2[:, columns].sum(1), edges)
+        floor = expected_floor(1, columns)
         marker = "o" if region == "EB" else "s"
         left.fill_between(pt_centres, 0, floor, step="mid", alpha=0.15, color="grey" if region == "EB" else "olive", label=f"noise floor {region}")
         for stage in stages:
             value = metrics.wasserstein_distance(data[:, columns].sum(1), counts("mc", stage)[:, columns].sum(1), edges)
             left.plot(pt_centres, value, marker=marker, color=_colour(stages, stage), linestyle="--" if stage == "raw" else "-", label=f"{_stage_label(stage)} {region}")
-    floor = metrics.wasserstein_distance(data.sum(0), data2.sum(0), edges)
+    floor = expected_floor(0)
     right.fill_between(eta_centres, 0, floor, step="mid", alpha=0.2, color="grey", label="noise floor")
     for stage in stages:
         value = metrics.wasserstein_distance(data.sum(0), counts("mc", stage).sum(0), edges)

@@ -8,8 +8,10 @@ are ``raw`` and one per correction method. Every figure of a method is computed 
 What is measured, per method (``raw`` included, as the "before"):
 
 * per variable and (pT, |η_SC|) bin: L1, Hellinger and W₁ distances of the normalised histograms to
-  data (:mod:`egproc.metrics`), and their ratios to the data-vs-data2 floor; the headline is the
-  worst bin's W₁ ratio over bins with at least :data:`MIN_BIN_ENTRIES` data probes;
+  data (:mod:`egproc.metrics`), and their ratios to the noise floor (W₁: the expected data-vs-data
+  distance at the comparison's statistics; L1, H: the data-vs-data2 distance); the headline is the
+  worst bin's W₁ ratio over bins with at least :data:`MIN_BIN_ENTRIES` data probes, beside the
+  worst bin data2 itself reaches (a perfect correction's score);
 * parameter evolution: mean, RMS, and the Gaussian-core peak and width per bin (:mod:`egproc.corefit`),
   for the variables without an exact-zero peak (the core of an isolation is its zero peak);
 * correlations: Pearson and Spearman matrices of the variables per region, their difference to data,
@@ -77,11 +79,35 @@ def _binned(output: Mapping[str, Any], dataset: str, field: str, stage: str) -> 
     return output[dataset]["histograms"][field][{"stage": stage}].values()
 
 
+def _entries(output: Mapping[str, Any], dataset: str, field: str, stage: str) -> np.ndarray:
+    """Effective entries [pT, |η|] of one stage (Kish: MC weights count less than data entries)."""
+    selected = output[dataset]["histograms"][field][{"stage": stage}]
+    return metrics.effective_entries(selected.values(), selected.variances())
+
+
+def _worst(ratio: np.ndarray, usable: np.ndarray) -> dict[str, Any]:
+    masked = np.where(usable, ratio, -np.inf)
+    index = np.unravel_index(np.argmax(masked), masked.shape)
+    return {
+        "ratio": float(masked[index]) if usable.any() else None,
+        "pt": [PT_EDGES[index[0]], PT_EDGES[index[0] + 1]],
+        "abseta": [ABS_ETA_EDGES[index[1]], ABS_ETA_EDGES[index[1] + 1]],
+    }
+
+
 def _distances(output: Mapping[str, Any], field: str, stages: Sequence[str]) -> dict[str, Any]:
+    """Per (pT, |η|) bin: each stage's distances to data and their ratios to the noise floor.
+
+    The W₁ floor is the expected data-vs-data distance at the statistics of the comparison
+    (:func:`egproc.metrics.expected_wasserstein_distance` with data's entries and the stage's
+    effective entries). ``data2`` is scored against it like a stage: its worst bin is what a
+    perfect correction scores, the reference the ≤ 1.5 target reads against. L1 and Hellinger are
+    read against their data-vs-data2 draws."""
     h = output["mc"]["histograms"][field]
     edges = h.axes["value"].edges
     data = _binned(output, "data", field, "raw")
-    floor_counts = _binned(output, "data2", field, "raw")
+    data2 = _binned(output, "data2", field, "raw")
+    data_entries = _entries(output, "data", field, "raw")
     spec = variable(field)
     entries = data.sum(axis=-1)
     usable = entries >= MIN_BIN_ENTRIES
@@ -90,11 +116,16 @@ def _distances(output: Mapping[str, Any], field: str, stages: Sequence[str]) -> 
         defined[:, list(REGIONS[region])] = True
     usable &= defined
     floor = {
-        "L1": metrics.l1_distance(data, floor_counts),
-        "H": metrics.hellinger_distance(data, floor_counts),
-        "W1": metrics.wasserstein_distance(data, floor_counts, edges),
+        "L1": metrics.l1_distance(data, data2),
+        "H": metrics.hellinger_distance(data, data2),
+        "W1": metrics.expected_wasserstein_distance(data, edges, data_entries, _entries(output, "data2", field, "raw")),
+        "W1_data2": metrics.wasserstein_distance(data, data2, edges),
     }
-    result: dict[str, Any] = {"floor": floor, "usable": usable, "entries": entries, "stages": {}}
+    data2_ratio = metrics.ratio_to_floor(floor["W1_data2"], floor["W1"])
+    result: dict[str, Any] = {
+        "floor": floor, "usable": usable, "entries": entries, "stages": {},
+        "data2": {"ratio": data2_ratio, "worst": _worst(data2_ratio, usable)},
+    }
     for stage in stages:
         mc = _binned(output, "mc", field, stage)
         values = {
@@ -102,17 +133,13 @@ def _distances(output: Mapping[str, Any], field: str, stages: Sequence[str]) -> 
             "H": metrics.hellinger_distance(data, mc),
             "W1": metrics.wasserstein_distance(data, mc, edges),
         }
-        ratios = {k: metrics.ratio_to_floor(v, floor[k]) for k, v in values.items()}
-        worst = {}
-        for name, ratio in ratios.items():
-            masked = np.where(usable, ratio, -np.inf)
-            index = np.unravel_index(np.argmax(masked), masked.shape)
-            worst[name] = {
-                "ratio": float(masked[index]) if usable.any() else None,
-                "pt": [PT_EDGES[index[0]], PT_EDGES[index[0] + 1]],
-                "abseta": [ABS_ETA_EDGES[index[1]], ABS_ETA_EDGES[index[1] + 1]],
-            }
-        result["stages"][stage] = {"values": values, "ratios": ratios, "worst": worst}
+        stage_floor = {
+            **floor,
+            "W1": metrics.expected_wasserstein_distance(data, edges, data_entries, _entries(output, "mc", field, stage)),
+        }
+        ratios = {k: metrics.ratio_to_floor(v, stage_floor[k]) for k, v in values.items()}
+        worst = {name: _worst(ratio, usable) for name, ratio in ratios.items()}
+        result["stages"][stage] = {"values": values, "W1_floor": stage_floor["W1"], "ratios": ratios, "worst": worst}
     return result
 
 
@@ -284,6 +311,9 @@ def build(output: Mapping[str, Any], *, classifier: bool = True) -> Report:
             "worst_W1_ratio": max(
                 (v["W1"]["ratio"] for v in per_variable.values() if v["W1"]["ratio"] is not None), default=None
             ),
+            "median_W1_ratio": {
+                field: _median(distances[field]["stages"][stage]["ratios"]["W1"], distances[field]["usable"]) for field in fields
+            },
             "correlations": {
                 region: {
                     "max_abs_delta_pearson": correlations[region]["stages"][stage]["pearson"]["max_abs_delta"],
@@ -301,6 +331,13 @@ def build(output: Mapping[str, Any], *, classifier: bool = True) -> Report:
         "min_bin_entries": MIN_BIN_ENTRIES,
         "methods": methods,
         "noise_floor": {
+            "W1_data2": {
+                field: {
+                    "worst": distances[field]["data2"]["worst"],
+                    "median": _median(distances[field]["data2"]["ratio"], distances[field]["usable"]),
+                }
+                for field in fields
+            },
             "classifier_auc": auc.get("data2"),
             "classifier_auc_kinematics": auc.get("kinematics"),
             "photon_id_L1": {region: photon_id["distance"][region]["floor_L1"] for region in REGIONS},
@@ -311,8 +348,9 @@ def build(output: Mapping[str, Any], *, classifier: bool = True) -> Report:
             field: {
                 "data_entries": distances[field]["entries"],
                 "floor": distances[field]["floor"],
+                "data2_W1_ratio": distances[field]["data2"]["ratio"],
                 "stages": {
-                    stage: {"distance": part["values"], "ratio_to_floor": part["ratios"]}
+                    stage: {"distance": part["values"], "W1_floor": part["W1_floor"], "ratio_to_floor": part["ratios"]}
                     for stage, part in distances[field]["stages"].items()
                 },
                 "parameters": parameters.get(field),
@@ -337,6 +375,10 @@ def build(output: Mapping[str, Any], *, classifier: bool = True) -> Report:
     return Report(summary=summary, arrays=arrays, scale_factor_sets=correction_sets)
 
 
+def _median(ratio: np.ndarray, usable: np.ndarray) -> float | None:
+    return float(np.median(ratio[usable])) if usable.any() else None
+
+
 def headline(summary: Mapping[str, Any]) -> str:
     """The report's main figures as a text table, one column per MC stage: classifier AUC, worst-bin
     W₁ ratio per variable, max |Δρ| (Spearman) per region and the ID score's L1 per region, each
@@ -356,7 +398,8 @@ def headline(summary: Mapping[str, Any]) -> str:
                  f"{number(kinematics['auc'] if kinematics else None)}"))
     for field in methods[stages[0]]["variables"]:
         ratios = [methods[s]["variables"][field]["W1"]["ratio"] for s in stages]
-        rows.append((f"W1/floor {field}", [number(r, ".2f") for r in ratios], "target ≤ 1.5"))
+        perfect = floor.get("W1_data2", {}).get(field, {}).get("worst", {}).get("ratio")
+        rows.append((f"W1/floor {field}", [number(r, ".2f") for r in ratios], f"target ≤ 1.5, data2 {number(perfect, '.2f')}"))
     for region in REGIONS:
         correlations = [methods[s]["correlations"][region] for s in stages]
         rows.append((f"max |Δρ| Spearman {region}", [number(c["max_abs_delta_spearman"]) for c in correlations],
@@ -387,7 +430,6 @@ def _json_ready(value: Any) -> Any:
 def write(output: Mapping[str, Any], folder: str | Path, *, classifier: bool = True) -> Path:
     """Build the report and write ``folder``: figures, ``index.html``, ``summary.json`` and one
     ``scale_factors_<method>.json`` per MC stage."""
-    import correctionlib.schemav2 as cs
 
     from egproc import plots
 
@@ -415,8 +457,10 @@ def _html(report: Report, figures: Mapping[str, Sequence[str]]) -> str:
     stages = list(summary["methods"])
     fields = report.arrays["fields"]
     rows = []
+    perfect = summary["noise_floor"]["W1_data2"]
     for field in fields:
         cells = "".join(_cell(summary["methods"][s]["variables"][field]["W1"]["ratio"], 1.5) for s in stages)
+        cells += _cell(perfect[field]["worst"]["ratio"], 1.5)
         rows.append(f"<tr><th>{html.escape(field)}</th>{cells}</tr>")
     for method in ("pearson", "spearman"):
         for region in REGIONS:
@@ -424,7 +468,7 @@ def _html(report: Report, figures: Mapping[str, Sequence[str]]) -> str:
             cells = "".join(
                 _cell(summary["methods"][s]["correlations"][region][f"max_abs_delta_{method}"], 2 * floor) for s in stages
             )
-            rows.append(f"<tr><th>max |Δρ| {method.title()} {region} (floor {floor:.3g})</th>{cells}</tr>")
+            rows.append(f"<tr><th>max |Δρ| {method.title()} {region} (floor {floor:.3g})</th>{cells}<td></td></tr>")
     floor = summary["noise_floor"]["classifier_auc"]
     if floor is not None:
         cells = "".join(
@@ -433,12 +477,12 @@ def _html(report: Report, figures: Mapping[str, Sequence[str]]) -> str:
         )
         kinematics = summary["noise_floor"].get("classifier_auc_kinematics")
         alone = "" if kinematics is None else f"; MC kinematics alone: {kinematics['auc']:.3f}"
-        rows.append(f"<tr><th>classifier AUC (data vs data2: {floor['auc']:.3f}{alone})</th>{cells}</tr>")
+        rows.append(f"<tr><th>classifier AUC (data vs data2: {floor['auc']:.3f}{alone})</th>{cells}<td></td></tr>")
     for region in REGIONS:
         floor = summary["noise_floor"]["photon_id_L1"][region]
         cells = "".join(_cell(summary["methods"][s]["photon_id"][region]["L1"], 1.5 * floor) for s in stages)
-        rows.append(f"<tr><th>ID score L1 {region} (floor {floor:.3g})</th>{cells}</tr>")
-    header = "".join(f"<th>{html.escape('uncorrected MC' if s == 'raw' else s)}</th>" for s in stages)
+        rows.append(f"<tr><th>ID score L1 {region} (floor {floor:.3g})</th>{cells}<td></td></tr>")
+    header = "".join(f"<th>{html.escape('uncorrected MC' if s == 'raw' else s)}</th>" for s in stages) + "<th>data2</th>"
     sections = []
     for title, paths in figures.items():
         images = "".join(f'<a href="{p}"><img src="{p}" loading="lazy"></a>' for p in paths)
@@ -462,9 +506,12 @@ td.good {{ background: #d8f0d8; }}
 .grid img {{ width: 420px; }}
 </style></head><body>
 <h1>egproc fidelity report</h1>
-<p>Distances of MC to data, each relative to the data-vs-data2 noise floor (two independent data
-samples of the same size). Per variable: the worst (pT, |η_SC|) bin's W₁ / floor, over bins with at
-least {summary["min_bin_entries"]} data probes (green: ≤ 1.5). Correlations: max |Δρ| of the Pearson
+<p>Distances of MC to data, each relative to the noise floor: for W₁ the expected distance between
+two independent data samples at the statistics of the comparison (data's entries and the MC stage's
+effective entries), for the others the data-vs-data2 distance. Per variable: the worst (pT, |η_SC|)
+bin's W₁ / floor, over bins with at least {summary["min_bin_entries"]} data probes (green: ≤ 1.5); the
+data2 column scores the independent data sample the same way, i.e. what a perfect correction
+reaches. Correlations: max |Δρ| of the Pearson
 and Spearman matrices (green: ≤ 2 × floor; Pearson is sensitive to the isolation tails, so its floor is
 large where they are sparse). Classifier: ROC AUC of a gradient-boosted classifier separating MC from
 data with all variables and (pT, η_SC, φ, ρ), on a held-out split, mean ± spread of

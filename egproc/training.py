@@ -3,21 +3,57 @@
 One loop, so that seeding, devices, weights and progress reporting behave the same for quantile
 networks, zero-peak classifiers and later models. Deterministic on CPU for a given seed: the
 shuffling draws from its own generator, and the network's initial weights come from its builder.
+
+Optionally the loop stops early (:class:`EarlyStopping`): the loss of held-out rows is evaluated
+every few steps and the weights of the best evaluation are the ones returned. A network with many
+parameters per training object (the endcap flows) goes on lowering its training loss while its
+held-out loss rises; the step count alone cannot be right for every region and sample size.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["Loss", "epochs_for_steps", "minimise"]
+__all__ = ["Loss", "EarlyStopping", "epochs_for_steps", "minimise"]
 
 #: loss(module output, targets, weights or None) → scalar (a weighted mean over the batch).
 Loss = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """Held-out rows that choose which weights :func:`minimise` returns.
+
+    Every ``every`` optimiser steps (and after the last) the loss of the held-out rows is
+    evaluated; the weights of the lowest evaluation are restored at the end. With ``patience``,
+    training ends once that many evaluations in a row have not improved on the best; with None it
+    runs all its epochs. The held-out rows must not be in the training rows.
+    """
+
+    inputs: np.ndarray
+    targets: np.ndarray
+    weights: np.ndarray | None = None
+    every: int = 250
+    patience: int | None = None
+    #: Rows per forward pass of the evaluation (memory, not results).
+    chunk: int = 65536
+
+    def __post_init__(self) -> None:
+        if len(self.inputs) == 0:
+            raise ValueError("early stopping needs held-out rows, got none")
+        if len(self.targets) != len(self.inputs) or (self.weights is not None and len(self.weights) != len(self.inputs)):
+            raise ValueError(
+                f"early stopping: {len(self.inputs)} input rows but {len(self.targets)} targets"
+                + ("" if self.weights is None else f" and {len(self.weights)} weights")
+            )
+        if self.every < 1 or (self.patience is not None and self.patience < 1):
+            raise ValueError(f"early stopping: every ({self.every}) and patience ({self.patience}) must be ≥ 1")
 
 
 def epochs_for_steps(steps: int, n_rows: int, batch_size: int) -> int:
@@ -44,10 +80,14 @@ def minimise(
     seed: int = 0,
     device: str = "cpu",
     on_epoch: Callable[[int, float], None] | None = None,
+    early_stopping: EarlyStopping | None = None,
+    on_evaluation: Callable[[int, float], None] | None = None,
 ) -> list[float]:
     """Minimise ``loss(module(inputs), targets, weights)`` with Adam and a cosine-annealed learning
     rate; returns the weighted mean loss per epoch. ``on_epoch`` receives (epoch, loss), e.g. to
-    drive a progress bar. The module is left in eval mode on ``device``."""
+    drive a progress bar; ``on_evaluation`` receives (steps done, held-out loss) of every
+    :class:`EarlyStopping` evaluation. The module is left in eval mode on ``device``, with the
+    best evaluation's weights when stopping early."""
     if len(inputs) == 0:
         raise ValueError("cannot train on an empty sample")
     generator = torch.Generator().manual_seed(seed)
@@ -59,7 +99,9 @@ def minimise(
     # Annealed per step, so that a run of few long epochs decays as smoothly as one of many.
     total_steps = max(1, epochs * math.ceil(x.shape[0] / batch_size))
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=total_steps)
+    monitor = None if early_stopping is None else _Monitor(module, loss, early_stopping, device, on_evaluation)
     history = []
+    step = 0
     for epoch in range(epochs):
         order = torch.randperm(x.shape[0], generator=generator).to(device)
         total, norm = 0.0, 0.0
@@ -71,11 +113,62 @@ def minimise(
             value.backward()
             optimiser.step()
             schedule.step()
+            step += 1
             batch_norm = float(rows.numel()) if batch_weights is None else float(batch_weights.sum())
             total += float(value.detach()) * batch_norm
             norm += batch_norm
+            if monitor is not None and step % monitor.every == 0 and not monitor.evaluate(step):
+                break
         history.append(total / norm if norm else float("nan"))
         if on_epoch is not None:
             on_epoch(epoch, history[-1])
+        if monitor is not None and monitor.stopped:
+            break
+    if monitor is not None:
+        if step % monitor.every != 0:
+            monitor.evaluate(step)
+        monitor.restore_best()
     module.eval()
     return history
+
+
+class _Monitor:
+    """The state of :class:`EarlyStopping` during one :func:`minimise`."""
+
+    def __init__(self, module: nn.Module, loss: Loss, rule: EarlyStopping, device: str, report: Callable[[int, float], None] | None):
+        self.module, self.loss, self.rule, self.report = module, loss, rule, report
+        self.every = rule.every
+        self.x = torch.as_tensor(np.asarray(rule.inputs, dtype=np.float32), device=device)
+        self.y = torch.as_tensor(np.asarray(rule.targets, dtype=np.float32), device=device)
+        self.w = None if rule.weights is None else torch.as_tensor(np.asarray(rule.weights, dtype=np.float32), device=device)
+        self.best_loss = math.inf
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.since_best = 0
+        self.stopped = False
+
+    def evaluate(self, step: int) -> bool:
+        """Held-out loss after ``step`` steps; False once training should stop."""
+        self.module.eval()
+        total, norm = 0.0, 0.0
+        with torch.no_grad():
+            for start in range(0, self.x.shape[0], self.rule.chunk):
+                rows = slice(start, start + self.rule.chunk)
+                weights = None if self.w is None else self.w[rows]
+                part = float(self.loss(self.module(self.x[rows]), self.y[rows], weights))
+                size = float(self.x[rows].shape[0]) if weights is None else float(weights.sum())
+                total, norm = total + part * size, norm + size
+        self.module.train()
+        value = total / norm
+        if self.report is not None:
+            self.report(step, value)
+        if value < self.best_loss:
+            self.best_loss, self.since_best = value, 0
+            self.best_state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+        else:
+            self.since_best += 1
+        self.stopped = self.rule.patience is not None and self.since_best >= self.rule.patience
+        return not self.stopped
+
+    def restore_best(self) -> None:
+        if self.best_state is not None:
+            self.module.load_state_dict(self.best_state)

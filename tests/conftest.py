@@ -10,10 +10,21 @@ import numpy as np
 import pytest
 import torch
 import uproot
+from coffea.nanoevents import NanoAODSchema, NanoEventsFactory
 
 from egproc import bundle as bundle_format
 
 N_EVENTS = 3000
+
+
+def open_events(path, mode: str = "eager", **kwargs):
+    """The NanoEvents of one file, as a processor sees them (``mode="dask"`` for dask-awkward)."""
+    return NanoEventsFactory.from_root({str(path): "Events"}, schemaclass=NanoAODSchema, mode=mode, **kwargs).events()
+
+
+def flat(array) -> np.ndarray:
+    """A jagged array's contents, object by object."""
+    return ak.to_numpy(ak.flatten(array))
 
 
 class KnownShift(torch.nn.Module):

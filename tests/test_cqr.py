@@ -8,13 +8,14 @@ import dask
 import numpy as np
 import pytest
 import torch
-from coffea.nanoevents import NanoAODSchema, NanoEventsFactory
 from scipy.special import logit, ndtri
 from torch import nn
 
 import egproc
 from egproc import cli, cqr, engine, toy
 from egproc.quantiles import LEVELS
+
+from conftest import flat, open_events
 
 TINY = cqr.Settings(hidden=(16, 16), steps=10, classifier_hidden=(8,), classifier_steps=6)
 
@@ -174,13 +175,6 @@ def trained(samples, tmp_path_factory):
     return egproc.load(out, device="cpu")
 
 
-def events_of(path, mode="eager", **kwargs):
-    return NanoEventsFactory.from_root({str(path): "Events"}, schemaclass=NanoAODSchema, mode=mode, **kwargs).events()
-
-
-def flat(array):
-    return ak.to_numpy(ak.flatten(array))
-
 
 def test_bundle_holds_one_module_per_region_and_variation(trained):
     manifest = trained.manifest
@@ -316,7 +310,7 @@ def test_reexport_keeps_the_correction(trained, samples, tmp_path):
     assert history[0]["previous_sha256"] == {a.file: a.sha256 for a in trained.manifest.artefacts()}
     assert manifests[fused].steps == trained.manifest.steps  # same files, same checksums
 
-    events = events_of(samples["mc"])
+    events = open_events(samples["mc"])
     expected = trained.apply(events.Photon, events)
     got = egproc.load(unfused, device="cpu", check_models=False).apply(events.Photon, events)  # checked when written
     for field in ("r9", "sieie", "esEffSigmaRR", "esEnergyOverRawE", "pfPhoIso03", "pfChargedIsoWorstVtx"):
@@ -329,7 +323,7 @@ def test_corrected_mc_moves_towards_data(trained, samples):
     from egproc.probes import MASS_WINDOW, tag_probe_pairs
 
     def barrel_probes(path, bundle=None):
-        events = events_of(path)
+        events = open_events(path)
         pairs = tag_probe_pairs(events, MASS_WINDOW)
         probe = pairs.probe if bundle is None else bundle.apply(pairs.probe, events)
         weight = np.ones(len(events)) if bundle is None else events.genWeight * bundle.event_weight("rho", events)
@@ -351,7 +345,7 @@ def test_corrected_mc_moves_towards_data(trained, samples):
 
 
 def test_up_and_down_bracket_nominal(trained, samples):
-    events = events_of(samples["mc"])
+    events = open_events(samples["mc"])
     nominal, up, down = (trained.apply(events.Photon, events, variation=v) for v in ("nominal", "up", "down"))
     ok = flat(nominal.egproc_ok)
     assert ok.mean() > 0.6  # photons below 20 GeV and in the transition are not covered
@@ -379,18 +373,18 @@ def test_isolation_treatment_does_not_depend_on_chunking_or_selection(trained, s
 
     path = samples["mc"]
     fields = ("pfPhoIso03", "pfChargedIsoPFPV", "pfChargedIsoWorstVtx", "esEffSigmaRR", "esEnergyOverRawE", "r9")
-    whole_events = events_of(path)
+    whole_events = open_events(path)
     whole = trained.apply(whole_events.Photon, whole_events)
     reference = {f: flat(whole[f]) for f in fields}
     assert np.mean(reference["pfPhoIso03"][flat(whole.egproc_ok)] != flat(whole.raw_pfPhoIso03)[flat(whole.egproc_ok)]) > 0.3
 
     half = len(whole_events) // 2
-    pieces = [events_of(path, entry_start=0, entry_stop=half), events_of(path, entry_start=half)]
+    pieces = [open_events(path, entry_start=0, entry_stop=half), open_events(path, entry_start=half)]
     chunked = [trained.apply(e.Photon, e) for e in pieces]
     for f in fields:
         assert_same(np.concatenate([flat(c[f]) for c in chunked]), reference[f])
 
-    lazy = events_of(path, mode="dask", steps_per_file=3)
+    lazy = open_events(path, mode="dask", steps_per_file=3)
     (computed,) = dask.compute(trained.apply(lazy.Photon, lazy), scheduler="sync")
     for f in fields:
         assert_same(flat(computed[f]), reference[f])
@@ -403,7 +397,7 @@ def test_isolation_treatment_does_not_depend_on_chunking_or_selection(trained, s
 
 
 def test_objects_outside_the_training_domain_pass_through_flagged(trained, samples):
-    events = events_of(samples["mc"])
+    events = open_events(samples["mc"])
     photons = trained.apply(events.Photon, events)
     pt, ok, status = flat(photons.pt), flat(photons.egproc_ok), flat(photons.egproc_status)
     eta = np.abs(flat(photons.superclusterEta))

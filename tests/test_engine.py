@@ -10,21 +10,13 @@ import dask
 import numpy as np
 import pytest
 import torch
-from coffea.nanoevents import NanoAODSchema, NanoEventsFactory
 
 import egproc
 from egproc import engine, nano
 from egproc import bundle as bundle_format
 
-from conftest import INPUTS, KnownShift, known_shift_numpy, write_known_bundle, write_nano
+from conftest import INPUTS, KnownShift, flat, known_shift_numpy, open_events, write_nano
 
-
-def open_events(path, mode="eager", **kwargs):
-    return NanoEventsFactory.from_root({str(path): "Events"}, schemaclass=NanoAODSchema, mode=mode, **kwargs).events()
-
-
-def flat(array):
-    return ak.to_numpy(ak.flatten(array))
 
 
 def test_known_answer_and_pass_through_outside_regions(nano_file, known_bundle):

@@ -7,10 +7,11 @@ import dask
 import numpy as np
 import pytest
 import torch
-from coffea.nanoevents import NanoAODSchema, NanoEventsFactory
 
 import egproc
 from egproc import cli, cqr, engine, flow, nsf, toy
+
+from conftest import flat, open_events
 
 TINY = flow.Settings(transforms=2, bins=6, hidden=(16, 16), steps=150, batch_size=1024, learning_rate=3e-3, knots=41)
 
@@ -163,13 +164,6 @@ def trained(samples, tmp_path_factory):
     return egproc.load(out, device="cpu")
 
 
-def events_of(path, mode="eager", **kwargs):
-    return NanoEventsFactory.from_root({str(path): "Events"}, schemaclass=NanoAODSchema, mode=mode, **kwargs).events()
-
-
-def flat(array):
-    return ak.to_numpy(ak.flatten(array))
-
 
 def test_bundle_holds_one_module_per_region_and_variation_with_cqr_signature(trained):
     manifest = trained.manifest
@@ -211,7 +205,7 @@ def test_exported_module_equals_the_eager_correction_and_training_is_determinist
 
 
 def test_corrected_toy_keeps_its_structure_in_every_variation(trained, samples):
-    events = events_of(samples["mc"])
+    events = open_events(samples["mc"])
     corrected = {v: trained.apply(events.Photon, events, variation=v) for v in ("nominal", "up", "down")}
     ok = flat(corrected["nominal"].egproc_ok)
     assert ok.mean() > 0.6
@@ -244,16 +238,16 @@ def test_dequantisation_does_not_depend_on_chunking_or_selection(trained, sample
 
     path = samples["mc"]
     fields = ("pfPhoIso03", "pfChargedIsoPFPV", "pfChargedIsoWorstVtx", "esEffSigmaRR", "r9")
-    whole_events = events_of(path)
+    whole_events = open_events(path)
     whole = trained.apply(whole_events.Photon, whole_events)
     reference = {f: flat(whole[f]) for f in fields}
 
     half = len(whole_events) // 2
-    chunked = [trained.apply(e.Photon, e) for e in (events_of(path, entry_stop=half), events_of(path, entry_start=half))]
+    chunked = [trained.apply(e.Photon, e) for e in (open_events(path, entry_stop=half), open_events(path, entry_start=half))]
     for f in fields:
         assert_same(np.concatenate([flat(c[f]) for c in chunked]), reference[f])
 
-    lazy = events_of(path, mode="dask", steps_per_file=3)
+    lazy = open_events(path, mode="dask", steps_per_file=3)
     (computed,) = dask.compute(trained.apply(lazy.Photon, lazy), scheduler="sync")
     for f in fields:
         assert_same(flat(computed[f]), reference[f])
@@ -270,7 +264,7 @@ def test_corrected_mc_moves_towards_data(trained, samples):
     from egproc.probes import MASS_WINDOW, tag_probe_pairs
 
     def barrel_probes(path, bundle=None):
-        events = events_of(path)
+        events = open_events(path)
         pairs = tag_probe_pairs(events, MASS_WINDOW)
         probe = pairs.probe if bundle is None else bundle.apply(pairs.probe, events)
         weight = np.ones(len(events)) if bundle is None else events.genWeight * bundle.event_weight("rho", events)

@@ -126,6 +126,49 @@ def test_wasserstein_samples_of_nothing_is_nan():
 # --- noise floor ------------------------------------------------------------------------------
 
 
+def test_effective_entries_of_unit_and_unequal_weights():
+    # Unit weights: the count itself; weights (1, 1, 2, 2): (6)² / 10 = 3.6.
+    assert metrics.effective_entries(np.array([4.0, 3.0]), np.array([4.0, 3.0])) == pytest.approx(7.0)
+    assert metrics.effective_entries(np.array([2.0, 4.0]), np.array([2.0, 8.0])) == pytest.approx(3.6)
+    np.testing.assert_array_equal(metrics.effective_entries(np.zeros((2, 3)), np.zeros((2, 3))), [0.0, 0.0])
+
+
+@pytest.mark.parametrize("n_a, n_b, weighted", [(400, 400, False), (3000, 800, False), (2000, 2000, True)])
+def test_expected_w1_is_the_mean_distance_of_independent_samples(n_a, n_b, weighted):
+    """The floor against its definition: the mean binned W₁ of many pairs of independent samples
+    from one skewed distribution (a gamma with an exact-zero peak, like an isolation)."""
+    rng = np.random.default_rng(11)
+    edges = np.linspace(0.0, 10.0, 41)
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        values = np.where(rng.random(n) < 0.4, 0.0, rng.gamma(1.5, 1.2, n))
+        weights = rng.uniform(0.2, 1.8, n) if weighted else np.ones(n)
+        clipped = np.clip(values, edges[0], edges[-1] - 1e-9)
+        return np.histogram(clipped, edges, weights=weights)[0], np.histogram(clipped, edges, weights=weights**2)[0]
+
+    pairs = [(draw(n_a), draw(n_b)) for _ in range(600)]
+    distances = [metrics.wasserstein_distance(a[0], b[0], edges) for a, b in pairs]
+    truth = draw(2_000_000)[0]
+    # The entries of the first pair stand in for those of any pair (the weights are i.i.d.).
+    (a_counts, a_squares), (b_counts, b_squares) = pairs[0]
+    expected = metrics.expected_wasserstein_distance(
+        truth, edges, metrics.effective_entries(a_counts, a_squares), metrics.effective_entries(b_counts, b_squares)
+    )
+    # 600 pairs: the mean is known to ~1.5 %; the normal approximation of each edge adds ~2 %.
+    assert float(np.mean(distances)) == pytest.approx(float(expected), rel=0.05)
+    # And the ratio scales like 1/√n: four times the entries, half the floor.
+    quarter = metrics.expected_wasserstein_distance(truth, edges, 4 * n_a, 4 * n_b)
+    assert quarter == pytest.approx(metrics.expected_wasserstein_distance(truth, edges, n_a, n_b) / 2)
+
+
+def test_expected_w1_of_stacked_categories_and_empty_ones():
+    p = np.array([[1.0, 1.0], [0.0, 0.0]])
+    # F = (1/2, 1) at the upper edges of unit bins: √(2/π) · √(1/4 · (1/4 + 1/4)) · 1.
+    expected = metrics.expected_wasserstein_distance(p, np.array([0.0, 1.0, 2.0]), np.array([4.0, 0.0]), 4.0)
+    assert expected[0] == pytest.approx(np.sqrt(2 / np.pi) * np.sqrt(0.125))
+    assert np.isnan(expected[1])
+
+
 def test_ratio_to_floor_policy():
     ratio = metrics.ratio_to_floor(np.array([2.0, 0.0, 1.0, 0.0]), np.array([1.0, 1.0, 0.0, 0.0]))
     np.testing.assert_array_equal(ratio, [2.0, 0.0, np.inf, np.nan])

@@ -10,10 +10,11 @@ import dask
 import numpy as np
 import pytest
 import torch
-from coffea.nanoevents import NanoAODSchema, NanoEventsFactory
 
 import egproc
 from egproc import bundle as bundle_format
+
+from conftest import flat, open_events
 
 IDENTITY = ("run", "luminosityBlock", "event", "Photon_pt", "Photon_eta", "Photon_phi")
 
@@ -53,17 +54,10 @@ def bundles(tmp_path_factory):
     return egproc.load(visible, device="cpu"), egproc.load(chained, device="cpu")
 
 
-def events_of(path, mode="eager", **kwargs):
-    return NanoEventsFactory.from_root({str(path): "Events"}, schemaclass=NanoAODSchema, mode=mode, **kwargs).events()
-
-
-def flat(array):
-    return ak.to_numpy(ak.flatten(array))
-
 
 def test_uniforms_are_the_hashprng_of_exact_event_ids(nano_file, bundles):
     visible, _ = bundles
-    events = events_of(nano_file)
+    events = open_events(nano_file)
     photons = visible.apply(events.Photon, events)
     counts = ak.to_numpy(ak.num(events.Photon))
     ids = [np.repeat(ak.to_numpy(events[name]).astype(np.int64), counts) for name in ("run", "luminosityBlock", "event")]
@@ -76,18 +70,18 @@ def test_uniforms_are_the_hashprng_of_exact_event_ids(nano_file, bundles):
 
 def test_independent_of_chunking_and_of_selection(nano_file, bundles):
     visible, _ = bundles
-    whole = flat(visible.apply(events_of(nano_file).Photon, events_of(nano_file)).uniform)
+    whole = flat(visible.apply(open_events(nano_file).Photon, open_events(nano_file)).uniform)
     halves = []
     for start, stop in ((0, 1234), (1234, None)):
-        chunk = events_of(nano_file, entry_start=start, entry_stop=stop)
+        chunk = open_events(nano_file, entry_start=start, entry_stop=stop)
         halves.append(flat(visible.apply(chunk.Photon, chunk).uniform))
     np.testing.assert_array_equal(np.concatenate(halves), whole)
 
-    lazy = events_of(nano_file, "dask", steps_per_file=4)
+    lazy = open_events(nano_file, "dask", steps_per_file=4)
     (from_dask,) = dask.compute(visible.apply(lazy.Photon, lazy).uniform, scheduler="sync")
     np.testing.assert_array_equal(flat(from_dask), whole)
 
-    events = events_of(nano_file)
+    events = open_events(nano_file)
     hard = events.Photon.pt > 30
     selected = flat(visible.apply(events.Photon[hard], events).uniform)
     np.testing.assert_array_equal(selected, whole[flat(hard)])
@@ -95,7 +89,7 @@ def test_independent_of_chunking_and_of_selection(nano_file, bundles):
 
 def test_intermediate_outputs_feed_later_steps_without_becoming_fields(nano_file, bundles):
     visible, chained = bundles
-    events = events_of(nano_file)
+    events = open_events(nano_file)
     photons = chained.apply(events.Photon, events)
     assert "uniform" not in photons.fields
     uniforms = flat(visible.apply(events.Photon, events).uniform)

@@ -58,11 +58,18 @@ def test_report_files_and_headline_figures(written):
     raw_sieie = methods["raw"]["variables"]["sieie"]["W1"]["ratio"]
     assert methods["fudge"]["variables"]["sieie"]["W1"]["ratio"] < raw_sieie / 2
     assert methods["fudge"]["variables"]["pfPhoIso03"]["W1"]["ratio"] == pytest.approx(methods["raw"]["variables"]["pfPhoIso03"]["W1"]["ratio"])
+    # The W₁ floor is the expected data-vs-data distance: data2, scored against it like a stage,
+    # sits near 1 in the typical bin (its worst bin is the perfect-correction reference).
+    for field, perfect in floor["W1_data2"].items():
+        assert 0.6 < perfect["median"] < 1.5, field
+        assert perfect["worst"]["ratio"] >= perfect["median"]
+        assert methods["raw"]["median_W1_ratio"][field] > perfect["median"], field
     assert set(summary["working_points"]) == {"wp80", "wp90"}
     # The printed headline carries the same numbers, one column per stage.
     lines = {line.split("  ")[0]: line.split() for line in report.headline(summary).splitlines()[1:]}
     assert lines["classifier AUC"][2:4] == [f"{methods[s]['classifier_auc']['auc']:.3f}" for s in ("raw", "fudge")]
     assert lines["W1/floor sieie"][2:4] == [f"{methods[s]['variables']['sieie']['W1']['ratio']:.2f}" for s in ("raw", "fudge")]
+    assert lines["W1/floor sieie"][-1] == f"{floor['W1_data2']['sieie']['worst']['ratio']:.2f}"
 
 
 def test_scale_factor_json_validates_and_evaluates(written):

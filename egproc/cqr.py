@@ -90,8 +90,10 @@ from __future__ import annotations
 
 import gzip
 import math
+import queue
 import shutil
 import tempfile
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -844,7 +846,12 @@ def _binary_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weights: t
 
 
 class _Regressors:
-    """Builds and trains the per-step models: quantile networks (``nn``) or the BDT reference."""
+    """Builds and trains the per-step models: quantile networks (``nn``) or the BDT reference.
+
+    Networks draw their initial weights from torch's global generator under a fixed seed, so
+    they are built under a lock: the data side of a chain may be training in another thread."""
+
+    _building = threading.Lock()
 
     def __init__(self, kind: Literal["nn", "bdt"], settings: Settings, device: str, on_fit: Callable[[str], None]):
         self.kind = kind
@@ -857,7 +864,8 @@ class _Regressors:
         if self.kind == "bdt":
             model: nn.Module = _QuantileBDT(x, y, weight, s.bdt_iterations, seed)
         else:
-            model = quantiles.QuantileNetwork.for_sample(x, y, hidden=s.hidden, seed=seed)
+            with self._building:
+                model = quantiles.QuantileNetwork.for_sample(x, y, hidden=s.hidden, seed=seed)
             quantiles.fit(
                 model, x, y, weight, epochs=training.epochs_for_steps(s.steps, len(y), s.batch_size),
                 batch_size=s.batch_size, learning_rate=s.learning_rate,
@@ -872,7 +880,8 @@ class _Regressors:
         if self.kind == "bdt":
             model: nn.Module = _ClassifierBDT(x, is_zero, weight, s.bdt_iterations, seed)
         else:
-            model = ZeroClassifier.for_sample(x, s.classifier_hidden, seed)
+            with self._building:
+                model = ZeroClassifier.for_sample(x, s.classifier_hidden, seed)
             training.minimise(
                 model, _binary_cross_entropy, x, is_zero.astype(np.float32), weight,
                 epochs=training.epochs_for_steps(s.classifier_steps, len(is_zero), s.batch_size),
@@ -938,85 +947,153 @@ def train_chain(
     device: str = "cpu",
     label: str = "",
     on_fit: Callable[[str], None] | None = None,
+    concurrent: bool | None = None,
 ) -> Chain:
     """Train one region's chain on data and MC probes (module docstring); ``on_fit`` is called with
-    a label after each model, e.g. to advance a progress bar. The chain is returned on the CPU."""
+    a label after each model, e.g. to advance a progress bar. The chain is returned on the CPU.
+
+    The data models of a step see data only (conditions and data's own earlier variables), while
+    the MC models of step i need the MC corrected by steps < i, i.e. the data models before them.
+    With ``concurrent`` (default: networks on a machine with two or more CPU threads) the data
+    models are trained in a second thread, ahead of the MC chain, each side on half of torch's CPU
+    threads: small networks gain little from a second thread within one operation, so two
+    networks at a time on two cores take about the time of one. Every model has its own seed
+    and batch order, so the chain does not depend on the mode beyond the last bits that thread
+    counts change in a matrix product."""
     features = ConditionFeatures()
-    x_data = _features(data.conditions, features)
-    x_mc = _features(mc.conditions, features)
     fits = _Regressors(regressor, settings, device, on_fit or (lambda _: None))
+    if concurrent is None:
+        concurrent = regressor == "nn" and torch.get_num_threads() >= 2
     # One uniform column per zero-peak variable, in chain order. Training draws them from numpy;
     # applied from a bundle they come from hashprng.
     zero_peak = [v for v in variables if v in ZERO_PEAK]
     uniforms_mc = np.random.default_rng(_seed(seed, label, "uniforms")).random(
         (len(mc), len(zero_peak)), dtype=np.float32
     )
-    steps: list[nn.Module] = []
     position = {name: i for i, name in enumerate(variables)}
-    n_features = x_data.shape[1]
     references = [position[ABOVE[v]] if v in ABOVE and ABOVE[v] in position and position[ABOVE[v]] < i else -1
                   for i, v in enumerate(variables)]
+    is_follower = [FOLLOWS.get(v) in position and position[FOLLOWS[v]] < i for i, v in enumerate(variables)]
+
+    def target(sample: TrainingSample, i: int) -> np.ndarray:
+        name = variables[i]
+        if references[i] < 0:
+            return sample.values[name].astype(np.float64)
+        # The excess, in float32 as the exported chain computes it.
+        reference = sample.values[variables[references[i]]].astype(np.float32)
+        return (sample.values[name].astype(np.float32) - reference).astype(np.float64)
+
+    def chain_column(values: np.ndarray, name: str) -> np.ndarray:
+        with torch.inference_mode():
+            return chain_input(torch.from_numpy(values.astype(np.float32)), name in ZERO_PEAK).numpy()[:, None]
+
+    def fit_step(x: np.ndarray, y: np.ndarray, weight: np.ndarray, i: int, kind: str) -> tuple[nn.Module, ...]:
+        """The models of step i for one sample: quantiles, or tail quantiles and a peak classifier."""
+        tag = f"{label}/{variables[i]}"
+        name = "MC" if kind == "mc" else "data"
+        if variables[i] not in ZERO_PEAK:
+            return (fits.quantiles(x, y, weight, _seed(seed, tag, kind), f"{tag} {name} quantiles"),)
+        tail = y > 0
+        if not tail.any():
+            raise ValueError(f"{tag}: no {name} probe has {variables[i]} > 0, so there is no tail to learn")
+        tail_model = fits.quantiles(x[tail], np.log(y[tail]), weight[tail], _seed(seed, tag, kind), f"{tag} {kind} tail quantiles")
+        if is_follower[i]:
+            return (tail_model,)
+        return tail_model, fits.classifier(x, ~tail, weight, _seed(seed, tag, f"{kind} zero"), f"{tag} {kind} peak")
+
+    def fit_data_side() -> Iterator[tuple[nn.Module, ...]]:
+        x = _features(data.conditions, features)
+        for i, name in enumerate(variables):
+            y = target(data, i)
+            yield fit_step(x, y, data.weight, i, "data")
+            x = np.concatenate([x, chain_column(y, name)], axis=1)
+
+    x_mc = _features(mc.conditions, features)
+    n_features = x_mc.shape[1]
+    steps: list[nn.Module] = []
     corrected_mc: list[np.ndarray] = []
     ranges: list[tuple[float, float]] = []
-    for i, name in enumerate(variables):
-        y_data = data.values[name].astype(np.float64)
-        y_mc = mc.values[name].astype(np.float64)
-        if references[i] >= 0:  # the excess, in float32 as the exported chain computes it
-            reference = variables[references[i]]
-            y_data = (data.values[name].astype(np.float32) - data.values[reference].astype(np.float32)).astype(np.float64)
-            y_mc = (mc.values[name].astype(np.float32) - mc.values[reference].astype(np.float32)).astype(np.float64)
-        tag = f"{label}/{name}"
-        if name not in ZERO_PEAK:
-            step: nn.Module = MorphStep(
-                fits.quantiles(x_mc, y_mc, mc.weight, _seed(seed, tag, "mc"), f"{tag} MC quantiles"),
-                fits.quantiles(x_data, y_data, data.weight, _seed(seed, tag, "data"), f"{tag} data quantiles"),
-            )
-        else:
-            tail_data, tail_mc = y_data > 0, y_mc > 0
-            tails = [
-                fits.quantiles(
-                    x[tail], np.log(y[tail]), w[tail], _seed(seed, tag, kind), f"{tag} {kind} tail quantiles"
-                )
-                for x, y, w, tail, kind in ((x_mc, y_mc, mc.weight, tail_mc, "mc"), (x_data, y_data, data.weight, tail_data, "data"))
-            ]
-            leader = FOLLOWS.get(name)
-            uniform = zero_peak.index(name)
-            if leader is not None and leader in position and position[leader] < i:
-                step = FollowerZeroStep(*tails, uniform=uniform, leader=n_features + position[leader])
+    with _DataSide(fit_data_side(), concurrent and regressor == "nn", device) as data_side:
+        for i, name in enumerate(variables):
+            y_data, y_mc = target(data, i), target(mc, i)
+            mc_models = fit_step(x_mc, y_mc, mc.weight, i, "mc")
+            data_models = data_side.next()
+            if name not in ZERO_PEAK:
+                step: nn.Module = MorphStep(mc_models[0], data_models[0])
+            elif is_follower[i]:
+                step = FollowerZeroStep(mc_models[0], data_models[0], uniform=zero_peak.index(name),
+                                        leader=n_features + position[FOLLOWS[name]])
             else:
-                classifiers = [
-                    fits.classifier(x, ~tail, w, _seed(seed, tag, f"{kind} zero"), f"{tag} {kind} peak")
-                    for x, w, tail, kind in ((x_mc, mc.weight, tail_mc, "mc"), (x_data, data.weight, tail_data, "data"))
-                ]
-                step = ZeroPeakStep(*classifiers, *tails, uniform=uniform)
-        with torch.inference_mode():
-            corrected = step(
-                torch.from_numpy(x_mc.astype(np.float32)),
-                torch.from_numpy(y_mc.astype(np.float32)),
-                torch.from_numpy(uniforms_mc),
-            ).numpy()
-        if not np.all(np.isfinite(corrected)):
-            raise RuntimeError(
-                f"{label}: the trained {name} correction gives {int((~np.isfinite(corrected)).sum())} non-finite "
-                f"values on the MC training sample; refusing to train the rest of the chain on them"
-            )
-        # The chain's clamp, in float32 as the exported module applies it.
-        ranges.append((float(np.float32(y_data.min())), float(np.float32(y_data.max()))))
-        corrected = np.clip(corrected, np.float32(ranges[-1][0]), np.float32(ranges[-1][1]))
-        if references[i] >= 0:
-            corrected = corrected + corrected_mc[references[i]]
-        corrected_mc.append(corrected)
-        steps.append(step)
-        compress = name in ZERO_PEAK
-        with torch.inference_mode():
-            next_data = chain_input(torch.from_numpy(y_data.astype(np.float32)), compress).numpy()
-            next_mc = chain_input(torch.from_numpy(corrected), compress).numpy()
-        x_data = np.concatenate([x_data, next_data[:, None]], axis=1)
-        x_mc = np.concatenate([x_mc, next_mc[:, None]], axis=1)
+                step = ZeroPeakStep(mc_models[1], data_models[1], mc_models[0], data_models[0], uniform=zero_peak.index(name))
+            with torch.inference_mode():
+                corrected = step(
+                    torch.from_numpy(x_mc.astype(np.float32)),
+                    torch.from_numpy(y_mc.astype(np.float32)),
+                    torch.from_numpy(uniforms_mc),
+                ).numpy()
+            if not np.all(np.isfinite(corrected)):
+                raise RuntimeError(
+                    f"{label}: the trained {name} correction gives {int((~np.isfinite(corrected)).sum())} non-finite "
+                    f"values on the MC training sample; refusing to train the rest of the chain on them"
+                )
+            # The chain's clamp, in float32 as the exported module applies it.
+            ranges.append((float(np.float32(y_data.min())), float(np.float32(y_data.max()))))
+            corrected = np.clip(corrected, np.float32(ranges[-1][0]), np.float32(ranges[-1][1]))
+            if references[i] >= 0:
+                corrected = corrected + corrected_mc[references[i]]
+            corrected_mc.append(corrected)
+            steps.append(step)
+            x_mc = np.concatenate([x_mc, chain_column(corrected, name)], axis=1)
     return Chain(
         features, steps, n_uniforms=len(zero_peak), compressed=[v in ZERO_PEAK for v in variables],
         references=references, ranges=ranges,
     )
+
+
+class _DataSide:
+    """The data models of a chain, step by step: fitted in a second thread ahead of the caller
+    (``concurrent``), or when asked for. A failure in the thread is raised by :meth:`next`."""
+
+    def __init__(self, fitted: Iterator[tuple[nn.Module, ...]], concurrent: bool, device: str):
+        self.fitted = fitted
+        self.concurrent = concurrent
+        self.split_threads = concurrent and torch.device(device).type == "cpu"
+        self.results: queue.Queue = queue.Queue()
+        self.worker: threading.Thread | None = None
+        self.stop = threading.Event()
+        self.threads = torch.get_num_threads()
+
+    def __enter__(self) -> "_DataSide":
+        if self.concurrent:
+            if self.split_threads:
+                torch.set_num_threads(max(1, self.threads // 2))
+            self.worker = threading.Thread(target=self._run, name="cqr-data-side", daemon=True)
+            self.worker.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            for models in self.fitted:
+                self.results.put((models, None))
+                if self.stop.is_set():  # the MC side failed: no use for the rest
+                    return
+        except BaseException as error:  # handed to the training thread, which raises it
+            self.results.put((None, error))
+
+    def next(self) -> tuple[nn.Module, ...]:
+        if not self.concurrent:
+            return next(self.fitted)
+        models, error = self.results.get()
+        if error is not None:
+            raise RuntimeError("training a data model of the chain failed") from error
+        return models
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        if self.worker is not None:
+            self.worker.join()
+        if self.split_threads:
+            torch.set_num_threads(self.threads)
 
 
 def models_per_chain(variables: Sequence[str]) -> int:

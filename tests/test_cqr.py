@@ -218,6 +218,36 @@ def test_exported_module_equals_the_trained_chain(samples, tmp_path):
         np.testing.assert_array_equal(again(inputs).numpy(), eager)
 
 
+def test_training_the_data_side_in_a_second_thread_gives_the_same_chain(samples):
+    """The data models trained ahead in a second thread: the same chain, bit for bit, as one
+    thread training everything in turn (both on one torch thread, so that no matrix product
+    changes its summation order); a failure on the data side surfaces in the caller."""
+    data, mc, _ = cqr.read_samples([samples["data"]], [samples["mc"]])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        chains = {
+            mode: cqr.train_chain(data["EE"], mc["EE"], cqr.CHAINS["EE"], settings=TINY, seed=3, label="EE", concurrent=mode)
+            for mode in (False, True)
+        }
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    sequential, concurrent = chains[False].state_dict(), chains[True].state_dict()
+    assert sequential.keys() == concurrent.keys()
+    for name, tensor in sequential.items():
+        torch.testing.assert_close(concurrent[name], tensor, rtol=0, atol=0, msg=name)
+
+    no_tail = cqr.TrainingSample(
+        data["EE"].conditions, {**data["EE"].values, "pfPhoIso03": np.zeros(len(data["EE"]), np.float32)},
+        data["EE"].weight, data["EE"].event,
+    )
+    with pytest.raises(RuntimeError, match="training a data model of the chain failed") as failure:
+        cqr.train_chain(no_tail, mc["EE"], cqr.CHAINS["EE"], settings=TINY, seed=3, label="EE", concurrent=True)
+    assert "EE/pfPhoIso03: no data probe has pfPhoIso03 > 0" in str(failure.value.__cause__)
+    assert torch.get_num_threads() == threads
+
+
 @pytest.fixture(scope="module")
 def tiny_chains(samples):
     """Tiny EE chains (nominal and the two halves), with every kind of step: quantile morphs, zero

@@ -88,6 +88,7 @@ BDT per level, BDT classifiers for the peaks) through the same chain, for the co
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import math
 import queue
@@ -228,8 +229,7 @@ class ZeroClassifier(nn.Module):
         self.register_buffer("input_scale", torch.tensor(list(input_scale), dtype=torch.float32))
         self.register_buffer("input_low", torch.tensor(list(input_low), dtype=torch.float32))
         self.register_buffer("input_high", torch.tensor(list(input_high), dtype=torch.float32))
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
+        with training.seeded(seed):
             layers, width = quantiles.hidden_layers(len(input_mean), hidden)
             self.net = nn.Sequential(*layers, nn.Linear(width, 1))
 
@@ -846,12 +846,7 @@ def _binary_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weights: t
 
 
 class _Regressors:
-    """Builds and trains the per-step models: quantile networks (``nn``) or the BDT reference.
-
-    Networks draw their initial weights from torch's global generator under a fixed seed, so
-    they are built under a lock: the data side of a chain may be training in another thread."""
-
-    _building = threading.Lock()
+    """Builds and trains the per-step models: quantile networks (``nn``) or the BDT reference."""
 
     def __init__(self, kind: Literal["nn", "bdt"], settings: Settings, device: str, on_fit: Callable[[str], None]):
         self.kind = kind
@@ -864,8 +859,7 @@ class _Regressors:
         if self.kind == "bdt":
             model: nn.Module = _QuantileBDT(x, y, weight, s.bdt_iterations, seed)
         else:
-            with self._building:
-                model = quantiles.QuantileNetwork.for_sample(x, y, hidden=s.hidden, seed=seed)
+            model = quantiles.QuantileNetwork.for_sample(x, y, hidden=s.hidden, seed=seed)
             quantiles.fit(
                 model, x, y, weight, epochs=training.epochs_for_steps(s.steps, len(y), s.batch_size),
                 batch_size=s.batch_size, learning_rate=s.learning_rate,
@@ -880,8 +874,7 @@ class _Regressors:
         if self.kind == "bdt":
             model: nn.Module = _ClassifierBDT(x, is_zero, weight, s.bdt_iterations, seed)
         else:
-            with self._building:
-                model = ZeroClassifier.for_sample(x, s.classifier_hidden, seed)
+            model = ZeroClassifier.for_sample(x, s.classifier_hidden, seed)
             training.minimise(
                 model, _binary_cross_entropy, x, is_zero.astype(np.float32), weight,
                 epochs=training.epochs_for_steps(s.classifier_steps, len(is_zero), s.batch_size),
@@ -1057,16 +1050,15 @@ class _DataSide:
     def __init__(self, fitted: Iterator[tuple[nn.Module, ...]], concurrent: bool, device: str):
         self.fitted = fitted
         self.concurrent = concurrent
-        self.split_threads = concurrent and torch.device(device).type == "cpu"
+        self.device = device
         self.results: queue.Queue = queue.Queue()
         self.worker: threading.Thread | None = None
         self.stop = threading.Event()
-        self.threads = torch.get_num_threads()
+        self.threads = contextlib.ExitStack()
 
     def __enter__(self) -> "_DataSide":
         if self.concurrent:
-            if self.split_threads:
-                torch.set_num_threads(max(1, self.threads // 2))
+            self.threads.enter_context(training.split_cpu_threads(2, self.device))
             self.worker = threading.Thread(target=self._run, name="cqr-data-side", daemon=True)
             self.worker.start()
         return self
@@ -1092,8 +1084,7 @@ class _DataSide:
         self.stop.set()
         if self.worker is not None:
             self.worker.join()
-        if self.split_threads:
-            torch.set_num_threads(self.threads)
+        self.threads.close()
 
 
 def models_per_chain(variables: Sequence[str]) -> int:

@@ -59,6 +59,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from egproc import training
 from egproc.quantiles import hidden_layers
 
 __all__ = [
@@ -273,9 +274,7 @@ class SplineFlow(nn.Module):
         self.features = features
         self.context = context
         masks = self.masks(features, transforms)
-        with torch.random.fork_rng():
-            if seed is not None:
-                torch.manual_seed(seed)
+        with training.seeded(seed):
             self.layers = nn.ModuleList(
                 [CouplingLayer(features, context, mask, bins, hidden, bound) for mask in masks]
             )

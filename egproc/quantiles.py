@@ -123,9 +123,7 @@ class QuantileNetwork(nn.Module):
         is_median = np.zeros(n_levels, dtype=bool)
         is_median[self.centre] = True
         self.register_buffer("is_median", torch.from_numpy(is_median))
-        with torch.random.fork_rng():
-            if seed is not None:
-                torch.manual_seed(seed)
+        with training.seeded(seed):
             layers, width = hidden_layers(len(input_mean), hidden)
             output = nn.Linear(width, len(levels))
             self._start_gaussian(output, levels, self.centre)

@@ -4,6 +4,10 @@ One loop, so that seeding, devices, weights and progress reporting behave the sa
 networks, zero-peak classifiers and later models. Deterministic on CPU for a given seed: the
 shuffling draws from its own generator, and the network's initial weights come from its builder.
 
+Networks are built under :func:`seeded` and independent trainings may run side by side in threads
+(:func:`split_cpu_threads`): the small networks of egproc gain little from a second CPU thread
+within one operation, so two networks at a time on two cores take about the time of one.
+
 Optionally the loop stops early (:class:`EarlyStopping`): the loss of held-out rows is evaluated
 every few steps and the weights of the best evaluation are the ones returned. A network with many
 parameters per training object (the endcap flows) goes on lowering its training loss while its
@@ -13,17 +17,47 @@ held-out loss rises; the step count alone cannot be right for every region and s
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["Loss", "EarlyStopping", "epochs_for_steps", "minimise"]
+__all__ = ["Loss", "EarlyStopping", "epochs_for_steps", "minimise", "seeded", "split_cpu_threads"]
 
 #: loss(module output, targets, weights or None) → scalar (a weighted mean over the batch).
 Loss = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+_SEEDING = threading.Lock()
+
+
+@contextmanager
+def seeded(seed: int | None) -> Iterator[None]:
+    """Draw from torch's global generator under ``seed`` (None: as it stands) and restore it
+    afterwards; one thread at a time, so that networks built while others train in other threads
+    get the weights their seeds give."""
+    with _SEEDING, torch.random.fork_rng():
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield
+
+
+@contextmanager
+def split_cpu_threads(ways: int, device: str = "cpu") -> Iterator[None]:
+    """Give each of ``ways`` concurrent trainings an equal share of torch's CPU threads (at least
+    one) for the duration; restored afterwards. A no-op for a GPU device. torch's thread count is
+    per process, so this belongs around the whole concurrent section, not inside one thread."""
+    threads = torch.get_num_threads()
+    if torch.device(device).type == "cpu":
+        torch.set_num_threads(max(1, threads // ways))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)

@@ -952,7 +952,8 @@ def train_chain(
     threads: small networks gain little from a second thread within one operation, so two
     networks at a time on two cores take about the time of one. Every model has its own seed
     and batch order, so the chain does not depend on the mode beyond the last bits that thread
-    counts change in a matrix product."""
+    counts change in a matrix product. The BDT reference always trains in turn (scikit-learn
+    spreads each fit over the cores itself)."""
     features = ConditionFeatures()
     fits = _Regressors(regressor, settings, device, on_fit or (lambda _: None))
     if concurrent is None:

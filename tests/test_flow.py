@@ -204,6 +204,30 @@ def test_exported_module_equals_the_eager_correction_and_training_is_determinist
         np.testing.assert_array_equal(again(inputs).numpy(), eager)
 
 
+def test_flows_trained_two_at_a_time_are_the_flows_trained_in_turn(samples, tmp_path):
+    """Concurrent trainings (threads) give each flow exactly as training them one after the other
+    does, both on one torch thread so that no matrix product changes its summation order."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        bundles = {
+            mode: egproc.load(flow.train(
+                [samples["data"]], [samples["mc"]], tmp_path / str(mode), settings=TINY, seed=4, device="cpu",
+                splits=False, progress=False, concurrent=mode,
+            ), device="cpu")
+            for mode in (False, True)
+        }
+    finally:
+        torch.set_num_threads(threads)
+    assert [bundles[m].manifest.provenance["concurrent_trainings"] for m in (False, True)] == [1, 2]
+    for region in flow.VARIABLES:
+        modules = [torch.jit.load(str(bundles[m].path / f"flow_{region}_nominal.pt")) for m in (False, True)]
+        sequential, concurrent = (m.state_dict() for m in modules)
+        assert sequential.keys() == concurrent.keys()
+        for name, tensor in sequential.items():
+            torch.testing.assert_close(concurrent[name], tensor, rtol=0, atol=0, msg=f"{region} {name}")
+
+
 def test_corrected_toy_keeps_its_structure_in_every_variation(trained, samples):
     events = open_events(samples["mc"])
     corrected = {v: trained.apply(events.Photon, events, variation=v) for v in ("nominal", "up", "down")}

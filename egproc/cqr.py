@@ -89,6 +89,7 @@ BDT per level, BDT classifiers for the peaks) through the same chain, for the co
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
 import math
 import queue
@@ -1260,11 +1261,11 @@ def train(
         samples=(data_files, mc_files, data, mc, facts),
         first_salt=1,
         uniform_purpose="peak/tail migration of CQR",
+        seed=seed,
+        device=device,
+        settings=settings,
         provenance={
             **dict(provenance or {}),
-            "seed": seed,
-            "device": device,
-            "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.__dict__.items()},
             "chains": {r: list(v) for r, v in CHAINS.items()},
             "training_seconds": timings,
         },
@@ -1317,6 +1318,9 @@ def write_region_bundle(
     samples: tuple[Sequence[str | Path], Sequence[str | Path], Mapping[str, TrainingSample], Mapping[str, TrainingSample], Mapping[str, Any]],
     first_salt: int,
     uniform_purpose: str,
+    seed: int,
+    device: str,
+    settings: Any,
     provenance: Mapping[str, Any],
 ) -> Path:
     """Write a bundle of one TorchScript module per ECAL region and variation (CQR, the flow):
@@ -1326,7 +1330,8 @@ def write_region_bundle(
     ``<method>_uniform_<field>`` of each zero-peak variable (salts from ``first_salt`` on, so that
     methods draw independent streams) and the ρ reweighting; ``samples`` is (data files, MC files,
     data and MC probes per region, facts) as :func:`read_samples` gives them, recorded with
-    :func:`sample_provenance` after ``provenance``. Returns the folder."""
+    :func:`sample_provenance` after ``provenance``, as are the training ``seed``, ``device`` and
+    ``settings`` (the method's Settings dataclass). Returns the folder."""
     data_files, mc_files, data, mc, facts = samples
     probes_all = [*data.values(), *mc.values()]
     pt_range = _domain(probes_all, 0, low=probes.PROBE_MIN_PT)
@@ -1354,6 +1359,9 @@ def write_region_bundle(
         event_weights=[bundle_format.EventWeight(name="rho", correction="rho_reweighting", inputs=(CONDITIONS[3],))],
         provenance={
             **provenance,
+            "seed": seed,
+            "device": device,
+            "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()},
             "validity": {"pt": list(pt_range), "rho": list(rho_range)},
             **sample_provenance(data_files, mc_files, data, mc, facts),
         },

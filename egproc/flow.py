@@ -452,11 +452,11 @@ def train(
         samples=(data_files, mc_files, data, mc, facts),
         first_salt=101,  # streams apart from CQR's salts
         uniform_purpose="zero-peak dequantisation of the flow",
+        seed=seed,
+        device=device,
+        settings=settings,
         provenance={
             **dict(provenance or {}),
-            "seed": seed,
-            "device": device,
-            "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.__dict__.items()},
             "variables": {r: list(v) for r, v in VARIABLES.items()},
             "training_seconds": timings,
             "training_wall_seconds": wall_seconds,

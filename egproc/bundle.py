@@ -312,6 +312,10 @@ class _Variation:
         covered = np.zeros(n_rows, dtype=bool)
         eta_branch = f"{bundle.manifest.collection}_superclusterEta"
         device = engine.resolve_device(bundle.device)
+        # Steps of a bundle share their validity: evaluate it once per region and call (only on
+        # that region's objects, as a validity may be undefined elsewhere), again only if a step
+        # overwrites one of its inputs.
+        validities: dict[tuple[str, tuple[str, ...], str], np.ndarray] = {}
         for step in bundle.steps(self.variation):
             rows = (
                 np.ones(n_rows, dtype=bool)
@@ -319,23 +323,28 @@ class _Variation:
                 else _region_rows(current[eta_branch], step.region)
             )
             if step.validity is not None and rows.any():
-                candidates = np.flatnonzero(rows)
-                validity = bundle.correction_set[step.validity.correction]
-                inside = _evaluate(validity, {b: current[b][candidates] for b in step.validity.inputs}, step.validity.inputs)
-                rows[candidates[inside <= 0]] = False
+                key = (step.validity.correction, step.validity.inputs, step.region)
+                if key not in validities:
+                    candidates = np.flatnonzero(rows)
+                    validity = bundle.correction_set[step.validity.correction]
+                    inside = _evaluate(validity, {b: current[b][candidates] for b in step.validity.inputs}, step.validity.inputs)
+                    valid = np.zeros(n_rows, dtype=bool)
+                    valid[candidates[inside > 0]] = True
+                    validities[key] = valid
+                rows &= validities[key]
             if not rows.any():
                 continue
             if step.keep:  # an internal column (keep=False) corrects nothing by itself
                 covered |= rows
-            inputs = [current[b][rows] for b in step.inputs]
+            inputs = {b: current[b][rows] for b in step.inputs}
             if isinstance(step, CorrectionlibStep):
-                corrected = _evaluate(bundle.correction_set[step.correction], {b: current[b][rows] for b in step.inputs}, step.inputs)
+                corrected = _evaluate(bundle.correction_set[step.correction], inputs, step.inputs)
                 results = {step.output: np.asarray(corrected, dtype=np.float32)}
             else:
                 module = engine.load_artefact(bundle._file(step.model), step.model.sha256, device)
                 matrix = engine.run_batched(
                     module,
-                    np.stack(inputs, axis=1).astype(np.float32, copy=False),
+                    np.stack([inputs[b] for b in step.inputs], axis=1).astype(np.float32, copy=False),
                     len(step.outputs),
                     device=device,
                     batch_size=bundle.batch_size,
@@ -345,6 +354,7 @@ class _Variation:
                 column = current[branch].astype(np.float32) if branch in current else np.full(n_rows, np.nan, np.float32)
                 column[rows] = values
                 current[branch] = column
+                validities = {key: valid for key, valid in validities.items() if branch not in key[1]}
         return {b: current[b] for b in self.outputs}, covered
 
 

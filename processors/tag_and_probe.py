@@ -60,7 +60,9 @@ class TagAndProbeProcessor(processor.ProcessorABC):
     photon_id:
         ``photon_id(photons, rho)`` re-evaluates the ID score on corrected fields (default: the
         toy's documented MVA, :func:`egproc.toy.toy_mva_id`); ``None`` keeps the file's score.
-        It is called with flat arrays: one probe photon and its event's ρ per pair.
+        It is called with NumPy arrays, one entry per pair: ``photons`` maps each of
+        ``photon_id_inputs`` to the probe's values, ``rho`` is its event's ρ. (Under dask it is
+        also called once on typetracer awkward arrays, to learn which fields it reads.)
     photon_id_inputs:
         Photon fields ``photon_id`` reads (checked before the run like the variables).
     reweighting:
@@ -201,8 +203,23 @@ class TagAndProbeProcessor(processor.ProcessorABC):
             # One task per partition instead of one graph layer per array expression of the ID.
             import dask_awkward as dak
 
-            return dak.map_partitions(self.photon_id, probes, rho, label="photon-id")
-        return self.photon_id(probes, rho)
+            return dak.map_partitions(_score_partition, self.photon_id, self.photon_id_inputs, probes, rho, label="photon-id")
+        return _score_partition(self.photon_id, self.photon_id_inputs, probes, rho)
+
+
+def _score_partition(photon_id: PhotonID, fields: tuple[str, ...], probes: Any, rho: Any) -> Any:
+    """``photon_id`` on the NumPy columns of flat probes: an ID is tens of array expressions, and
+    each costs awkward's dispatch and broadcasting on top of the arithmetic (5–10× on the toy's
+    MVA at 40 k probes)."""
+    if ak.backend(probes) == "typetracer":
+        # dask-awkward's tracing pass: let the ID touch the fields it reads, and the output's form.
+        return photon_id(probes, rho)
+    columns = {field: ak.to_numpy(probes[field]) for field in fields}
+    try:
+        score = photon_id(columns, ak.to_numpy(rho))
+    except KeyError as missing:
+        raise KeyError(f"photon_id read the photon field {missing}, which is not in photon_id_inputs {fields}") from None
+    return ak.Array(np.asarray(score))
 
 
 def _new_hist(dask_mode: bool, *axes: Any) -> Any:

@@ -6,6 +6,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
+import awkward as ak
 import numpy as np
 import pytest
 from dask.distributed import Client, LocalCluster
@@ -88,6 +89,30 @@ def test_mc_can_skip_its_raw_stage_without_changing_the_corrected_one(samples, f
         assert lean["mc"]["histograms"][name][{"stage": "raw"}].values().sum() == 0, name
     assert not any(k.startswith("raw/") for k in lean["mc"]["probes"])
     np.testing.assert_array_equal(lean["mc"]["probes"]["fudge/sieie"], full["mc"]["probes"]["fudge/sieie"])
+
+
+def test_photon_id_is_evaluated_on_the_stage_fields_and_named_when_it_reads_an_undeclared_one(samples, fudge_bundle):
+    from coffea.nanoevents import NanoAODSchema, NanoEventsFactory
+
+    events = NanoEventsFactory.from_root({samples["mc"][0]: "Events"}, schemaclass=NanoAODSchema, mode="eager").events()
+
+    def r9_score(photons, rho):
+        assert isinstance(photons["r9"], np.ndarray) and isinstance(rho, np.ndarray)
+        return 2.0 * photons["r9"] - rho
+
+    columns = TagAndProbeProcessor(fudge_bundle, photon_id=r9_score, photon_id_inputs=("r9",)).process(events)["unknown"]["probes"]
+    np.testing.assert_array_equal(columns["fudge/mvaID"].value, 2.0 * columns["fudge/r9"].value - columns["rho"].value)
+    assert not np.array_equal(columns["fudge/mvaID"].value, columns["raw/mvaID"].value)
+
+    # The toy's own MVA on the file's fields is the file's score.
+    photons = ak.flatten(events.Photon)
+    rho = np.repeat(np.asarray(events.Rho.fixedGridRhoAll), ak.num(events.Photon))
+    toy_score = TagAndProbeProcessor(fudge_bundle)._photon_id(photons, ak.Array(rho), dask_mode=False)
+    np.testing.assert_allclose(toy_score, photons.mvaID, rtol=0, atol=1e-6)
+
+    undeclared = TagAndProbeProcessor(fudge_bundle, photon_id=r9_score, photon_id_inputs=("sieie",))
+    with pytest.raises(KeyError, match="photon_id read the photon field 'r9', which is not in photon_id_inputs"):
+        undeclared.process(events)
 
 
 def _loads_by_process(log: Path) -> Counter:

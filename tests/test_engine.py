@@ -137,6 +137,49 @@ def test_non_finite_outputs_are_flagged(tmp_path, known_bundle):
     assert flat(photons.r9)[1] == np.float32(0.8)
 
 
+class DoubleSieie(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2.0 * x
+
+
+def test_validity_gates_each_step_on_the_values_that_step_sees(tmp_path):
+    """Steps share one validity evaluation until a step overwrites one of its inputs."""
+    import correctionlib.schemav2 as cs
+
+    def formula(name: str, variable: str, expression: str) -> cs.Correction:
+        return cs.Correction(
+            name=name, version=1, inputs=[cs.Variable(name=variable, type="real")], output=cs.Variable(name=variable, type="real"),
+            data=cs.Formula(nodetype="formula", expression=expression, parser="TFormula", variables=[variable]),
+        )
+
+    below_50 = cs.Correction(
+        name="pt_below_50", version=1, inputs=[cs.Variable(name="pt", type="real")], output=cs.Variable(name="valid", type="real"),
+        data=cs.Binning(nodetype="binning", input="pt", edges=[0.0, 50.0, 1e6], content=[1.0, 0.0], flow=0.0),
+    )
+    gate = {"correction": "pt_below_50", "inputs": ["Photon_pt"]}
+    bundle_format.write(
+        tmp_path / "gated", name="gated", method="test", collection="Photon", description="a validity input rewritten mid-bundle",
+        correction_set=cs.CorrectionSet(
+            schema_version=2, corrections=[below_50, formula("pt_times_1p5", "pt", "1.5*x"), formula("r9_plus_1", "r9", "x+1")]
+        ),
+        models={"double.pt": torch.jit.script(DoubleSieie())},
+        steps=[
+            {"kind": "correctionlib", "correction": "r9_plus_1", "inputs": ["Photon_r9"], "output": "Photon_r9", "validity": gate},
+            {"kind": "correctionlib", "correction": "pt_times_1p5", "inputs": ["Photon_pt"], "output": "Photon_pt", "keep": False},
+            {"kind": "torchscript", "model": "double.pt", "inputs": ["Photon_sieie"], "outputs": ["Photon_sieie"], "validity": gate},
+        ],
+    )
+    events = ak.Array({
+        "Photon": [[{"r9": 0.5, "sieie": 0.01, "pt": pt, "superclusterEta": 0.3}] for pt in (20.0, 40.0, 60.0)],
+        "Rho": [{"fixedGridRhoAll": 20.0}] * 3,
+    })
+    photons = egproc.load(tmp_path / "gated", device="cpu").apply(events.Photon, events)
+    np.testing.assert_array_equal(flat(photons.r9), np.float32([1.5, 1.5, 0.5]))  # gated on the file's pT: 20, 40 < 50
+    np.testing.assert_array_equal(flat(photons.sieie), np.float32([0.02, 0.01, 0.01]))  # on 1.5 pT: only 30 < 50
+    np.testing.assert_array_equal(flat(photons.egproc_ok), [True, True, False])
+    np.testing.assert_array_equal(flat(photons.pt), np.float32([20.0, 40.0, 60.0]))  # an internal column is not written
+
+
 def _unit_cset():
     import correctionlib.schemav2 as cs
 

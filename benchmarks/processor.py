@@ -4,7 +4,7 @@ Generates a toy MC sample, derives fudge factors, then times ``apply_to_fileset`
 of the processor without a bundle, with the fudge factors, and with each network bundle shipped in
 ``corrections/`` (or given by ``--cqr``/``--flow``; ``toy-cqr``: every data and MC network of the
 chain; ``toy-flow``: the flow, forward as MC and inverse as data), best of ``--repeat``, on
-``--workers`` processes: wall time, and the CPU time of this process and the
+``--workers`` processes (rounds of every configuration in turn): wall time, and the CPU time of this process and the
 workers together (on a machine shared with other jobs, compare the CPU column). Each corrected
 configuration also fills the histograms of its stage and re-evaluates the photon ID on the
 corrected fields; the "no raw MC stage" ones fill MC at the corrected stage only
@@ -67,17 +67,23 @@ def main() -> None:
         )
         with cluster, Client(cluster) as client:
             pipeline.run_with_dask(configurations["uncorrected"], {"mc": files["mc"]}, step_size=args.step_size, scheduler=client)  # warm-up
-            timings, cpu = {}, {}
-            for name, processor in configurations.items():
-                runs, cpu_runs = [], []
-                for _ in range(args.repeat):
+            runs = {name: [] for name in configurations}
+            cpu_runs = {name: [] for name in configurations}
+            # Rounds of every configuration in turn: a machine that drifts (other jobs, thermal)
+            # shifts all configurations alike instead of whichever ran during the slow spell.
+            for _ in range(args.repeat):
+                for name, processor in configurations.items():
                     start, start_cpu = time.perf_counter(), cpu_seconds(client)
                     pipeline.run_with_dask(processor, {"mc": files["mc"]}, step_size=args.step_size, scheduler=client)
-                    runs.append(time.perf_counter() - start)
-                    cpu_runs.append(cpu_seconds(client) - start_cpu)
-                timings[name], cpu[name] = min(runs), min(cpu_runs)
+                    runs[name].append(time.perf_counter() - start)
+                    cpu_runs[name].append(cpu_seconds(client) - start_cpu)
+            timings = {name: min(values) for name, values in runs.items()}
+            cpu = {name: min(values) for name, values in cpu_runs.items()}
         environment = "dask's default worker environment" if args.dask_malloc else "egproc.pipeline.WORKER_ENVIRONMENT"
-        print(f"tag and probe on {args.events:,} MC events, {args.workers} dask worker processes ({environment}), best of {args.repeat}:")
+        print(
+            f"tag and probe on {args.events:,} MC events, {args.workers} dask worker processes ({environment}), "
+            f"best of {args.repeat} interleaved rounds:"
+        )
         for name, seconds in timings.items():
             ratio = seconds / timings["uncorrected"]
             print(

@@ -64,12 +64,26 @@ def test_report_files_and_headline_figures(written):
         assert 0.6 < perfect["median"] < 1.5, field
         assert perfect["worst"]["ratio"] >= perfect["median"]
         assert methods["raw"]["median_W1_ratio"][field] > perfect["median"], field
+    # Bins above the W₁ target, per stage and for data2: the count reads against data2's.
+    for field in floor["W1_data2"]:
+        per_bin = summary["per_bin"][field]
+        usable = np.asarray(per_bin["data_entries"], float) >= summary["min_bin_entries"]
+        raw_ratio = np.asarray(per_bin["stages"]["raw"]["ratio_to_floor"]["W1"], float)
+        usable &= np.isfinite(raw_ratio)
+        assert floor["W1_usable_bins"][field] == int(usable.sum()), field
+        assert methods["raw"]["W1_bins_above_target"][field] == int(np.sum(usable & (raw_ratio > report.W1_TARGET))), field
+    total = sum(floor["W1_usable_bins"].values())
+    above_raw = sum(methods["raw"]["W1_bins_above_target"].values())
+    above_data2 = sum(floor["W1_data2_bins_above_target"].values())
+    assert above_data2 < above_raw <= total and above_raw > total / 2
     assert set(summary["working_points"]) == {"wp80", "wp90"}
     # The printed headline carries the same numbers, one column per stage.
     lines = {line.split("  ")[0]: line.split() for line in report.headline(summary).splitlines()[1:]}
     assert lines["classifier AUC"][2:4] == [f"{methods[s]['classifier_auc']['auc']:.3f}" for s in ("raw", "fudge")]
     assert lines["W1/floor sieie"][2:4] == [f"{methods[s]['variables']['sieie']['W1']['ratio']:.2f}" for s in ("raw", "fudge")]
     assert lines["W1/floor sieie"][-1] == f"{floor['W1_data2']['sieie']['worst']['ratio']:.2f}"
+    assert lines["W1 bins > 1.5"][4:6] == [str(above_raw), str(sum(methods["fudge"]["W1_bins_above_target"].values()))]
+    assert lines["W1 bins > 1.5"][-3:] == [f"{total};", "data2", str(above_data2)]
 
 
 def test_scale_factor_json_validates_and_evaluates(written):

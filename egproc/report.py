@@ -5,6 +5,18 @@ Input: a tag-and-probe processor output (:mod:`egproc.histio`) with the datasets
 are ``raw`` and one per correction method. Every figure of a method is computed the same way as for
 ``data2``, so each distance is also given as a ratio to what two data samples of this size differ by.
 
+**MC at data's kinematics.** The corrections morph the photon variables at given (pT, η_SC, φ, ρ);
+they do not change the kinematics, and MC comes weighted by ``genWeight`` and the ρ reweighting
+only. Its probe pT and |η_SC| spectra still differ from data's (energy scale and resolution,
+background composition), which every inclusive comparison would mix into the figures of the
+corrections. So, as in a CMS Z→ee validation, MC is reweighted to data's probe (pT, |η_SC|)
+distribution on the report's own bins (:data:`egproc.variables.PT_EDGES` ×
+:data:`~egproc.variables.ABS_ETA_EDGES`; :func:`kinematically_reweighted`): per-bin figures are
+unchanged by a constant weight per bin, and the inclusive ones (correlations, the classifier, the
+ID score, the figures summed over bins) compare like with like. The weights are in
+``summary["kinematic_weights"]``, and the classifier's kinematics-alone floor is given with and
+without them.
+
 What is measured, per method (``raw`` included, as the "before"):
 
 * per variable and (pT, |η_SC|) bin: L1, Hellinger and W₁ distances of the normalised histograms to
@@ -40,11 +52,11 @@ from typing import Any
 
 import numpy as np
 
-from egproc import corefit, efficiency, metrics, twosample
+from egproc import corefit, efficiency, metrics, reweight, twosample
 from egproc.nano import region_mask
 from egproc.variables import ABS_ETA_EDGES, PT_EDGES, REGION_ETA_BINS, variable
 
-__all__ = ["MIN_BIN_ENTRIES", "REGIONS", "W1_TARGET", "Report", "build", "headline", "write"]
+__all__ = ["MIN_BIN_ENTRIES", "REGIONS", "W1_TARGET", "Report", "build", "headline", "kinematically_reweighted", "write"]
 
 #: (pT, |η|) bins with fewer data probes are shown but do not enter the worst-bin headline.
 MIN_BIN_ENTRIES = 500
@@ -63,11 +75,59 @@ CLASSIFIER_SEEDS = (0, 1, 2)
 
 @dataclass
 class Report:
-    """Everything measured, JSON-able in :attr:`summary`; arrays for the figures in :attr:`arrays`."""
+    """Everything measured, JSON-able in :attr:`summary`; arrays for the figures in :attr:`arrays`;
+    :attr:`compared`, the processor output as compared (:func:`kinematically_reweighted`)."""
 
     summary: dict[str, Any]
     arrays: dict[str, Any]
     scale_factor_sets: dict[str, Any]
+    compared: Mapping[str, Any]
+
+
+def _kinematic_columns(probes: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    return [probes["pt"], np.abs(probes["superclusterEta"])]
+
+
+def kinematically_reweighted(output: Mapping[str, Any]) -> tuple[dict[str, Any], np.ndarray]:
+    """``output`` with MC reweighted to data's probe (pT, |η_SC|) distribution, and the weights
+    [pT, |η|] (module docstring).
+
+    The weights are p_data / p_MC of the probes on the report's (pT, |η_SC|) bins (under- and
+    overflow in the edge bins; bins without MC keep weight 1). MC probes' ``weight`` is multiplied
+    by their bin's weight, and every MC histogram with ``pt`` and ``abseta`` axes (the processor's
+    bins) has its values scaled by it and its variances by its square. ``output`` is not modified."""
+    edges = (PT_EDGES, ABS_ETA_EDGES)
+    data, mc = output["data"]["probes"], output["mc"]["probes"]
+    table, _ = reweight.binned_ratio(_kinematic_columns(data), _kinematic_columns(mc), edges, data["weight"], mc["weight"])
+    probes = dict(mc)
+    probes["weight"] = mc["weight"] * reweight.lookup(table, _kinematic_columns(mc), edges)
+    histograms = {name: _scaled(h, table) for name, h in output["mc"]["histograms"].items()}
+    return {**output, "mc": {**output["mc"], "probes": probes, "histograms": histograms}}, table
+
+
+def _scaled(h: Any, table: np.ndarray) -> Any:
+    """A copy of ``h`` with each (pT, |η|) bin's values scaled by ``table`` and variances by its
+    square; the flow bins take the weight of the edge bins beside them, as the probes do."""
+    names = [axis.name for axis in h.axes]
+    if "pt" not in names or "abseta" not in names:
+        return h
+    for name, edges in (("pt", PT_EDGES), ("abseta", ABS_ETA_EDGES)):
+        if len(h.axes[name].edges) != len(edges) or not np.allclose(h.axes[name].edges, edges):
+            raise ValueError(f"histogram axis {name!r} has edges {list(h.axes[name].edges)}, the report's bins are {list(edges)}")
+    factor = table
+    for position, name in enumerate(("pt", "abseta")):
+        traits = h.axes[name].traits
+        pad = [(0, 0), (0, 0)]
+        pad[position] = (int(traits.underflow), int(traits.overflow))
+        factor = np.pad(factor, pad, mode="edge")
+    shape = [1] * len(names)
+    shape[names.index("pt")], shape[names.index("abseta")] = factor.shape
+    factor = factor.reshape(shape) if names.index("pt") < names.index("abseta") else factor.T.reshape(shape)
+    scaled = h.copy()
+    view = scaled.view(flow=True)
+    view["value"] *= factor
+    view["variance"] *= factor**2
+    return scaled
 
 
 def _variables(output: Mapping[str, Any]) -> list[str]:
@@ -197,29 +257,33 @@ def _correlations(output: Mapping[str, Any], stages: Sequence[str], fields_by_re
     return result
 
 
-def _classifier(output: Mapping[str, Any], stages: Sequence[str], fields: Sequence[str]) -> dict[str, Any]:
+def _classifier(
+    output: Mapping[str, Any], stages: Sequence[str], fields: Sequence[str], rho_only: Mapping[str, Any]
+) -> dict[str, Any]:
     """One classifier per comparison over barrel and endcap together: η_SC is a feature, and the
     preshower variables are exactly zero in the barrel in every sample, so they carry no spurious
     separation.
 
-    ``kinematics`` is data against MC on (pT, η_SC, φ, ρ) alone: MC is reweighted in ρ only, so its
-    kinematics may differ from data's, and that separation is a floor no correction of the photon
-    variables can go below."""
+    ``kinematics`` is data against MC on (pT, η_SC, φ, ρ) alone: what separates them within the
+    kinematic bins (and in φ) is a floor no correction of the photon variables can go below;
+    ``kinematics_rho_only`` is the same on ``rho_only``, the output before the kinematic
+    reweighting."""
 
-    def features(dataset: str, stage: str, fields: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        probes = output[dataset]["probes"]
+    def features(dataset: str, stage: str, fields: Sequence[str], source: Mapping[str, Any] = output) -> tuple[np.ndarray, np.ndarray]:
+        probes = source[dataset]["probes"]
         keep = region_mask(probes["superclusterEta"], "EB") | region_mask(probes["superclusterEta"], "EE")
         columns = [probes[f"{stage}/{f}"] for f in fields] + [probes[k] for k in KINEMATICS]
         return np.stack(columns, axis=1)[keep].astype(np.float64), probes["weight"][keep].astype(np.float64)
 
     candidates = {
-        "data2": ("data2", "raw", fields), "kinematics": ("mc", "raw", ()),
+        "data2": ("data2", "raw", fields), "kinematics": ("mc", "raw", ()), "kinematics_rho_only": ("mc", "raw", ()),
         **{stage: ("mc", stage, fields) for stage in stages},
     }
     result = {}
     for name, (dataset, stage, compared) in candidates.items():
-        data, data_weight = features("data", "raw", compared)
-        other, other_weight = features(dataset, stage, compared)
+        source = rho_only if name == "kinematics_rho_only" else output
+        data, data_weight = features("data", "raw", compared, source)
+        other, other_weight = features(dataset, stage, compared, source)
         outcome = twosample.classifier_auc(
             data, other, data_weight, other_weight,
             seeds=CLASSIFIER_SEEDS, max_rows_per_sample=CLASSIFIER_ROWS, max_iter=CLASSIFIER_ITERATIONS,
@@ -291,6 +355,8 @@ def build(output: Mapping[str, Any], *, classifier: bool = True) -> Report:
         if dataset not in output:
             raise KeyError(f"the report needs the datasets data, data2 and mc; {dataset!r} is missing")
     clock = time.perf_counter()
+    rho_only = output
+    output, kinematic_weights = kinematically_reweighted(output)
     stages = _stages(output)
     fields = _variables(output)
     fields_by_region = {region: [f for f in fields if region in variable(f).regions] for region in REGIONS}
@@ -298,7 +364,7 @@ def build(output: Mapping[str, Any], *, classifier: bool = True) -> Report:
     # A Gaussian core is meaningless for a variable whose core is an exact-zero peak.
     parameters = {field: _core_parameters(output, field, stages) for field in fields if not variable(field).zero_peak}
     correlations = _correlations(output, stages, fields_by_region)
-    auc = _classifier(output, stages, fields) if classifier else {}
+    auc = _classifier(output, stages, fields, rho_only) if classifier else {}
     photon_id = _photon_id(output, stages)
     thresholds, efficiency_tables, correction_sets = _scale_factors(output, stages)
 
@@ -351,10 +417,12 @@ def build(output: Mapping[str, Any], *, classifier: bool = True) -> Report:
             "W1_usable_bins": {field: int(distances[field]["usable"].sum()) for field in fields},
             "classifier_auc": auc.get("data2"),
             "classifier_auc_kinematics": auc.get("kinematics"),
+            "classifier_auc_kinematics_rho_only": auc.get("kinematics_rho_only"),
             "photon_id_L1": {region: photon_id["distance"][region]["floor_L1"] for region in REGIONS},
         },
         "working_points": thresholds,
         "bins": {"pt": list(PT_EDGES), "abseta": list(ABS_ETA_EDGES)},
+        "kinematic_weights": kinematic_weights,
         "per_bin": {
             field: {
                 "data_entries": distances[field]["entries"],
@@ -383,7 +451,7 @@ def build(output: Mapping[str, Any], *, classifier: bool = True) -> Report:
         "stages": stages,
         "fields": fields,
     }
-    return Report(summary=summary, arrays=arrays, scale_factor_sets=correction_sets)
+    return Report(summary=summary, arrays=arrays, scale_factor_sets=correction_sets, compared=output)
 
 
 def _above(ratio: np.ndarray, usable: np.ndarray) -> int:
@@ -409,9 +477,11 @@ def headline(summary: Mapping[str, Any]) -> str:
     rows = []
     auc = floor["classifier_auc"]
     kinematics = floor.get("classifier_auc_kinematics")
+    rho_only = floor.get("classifier_auc_kinematics_rho_only")
     rows.append(("classifier AUC", [number((methods[s]["classifier_auc"] or {}).get("auc")) for s in stages],
                  f"data2 {number(auc['auc'] if auc else None)}, MC kinematics alone "
-                 f"{number(kinematics['auc'] if kinematics else None)}"))
+                 f"{number(kinematics['auc'] if kinematics else None)} "
+                 f"(before the (pT, |η|) reweighting {number(rho_only['auc'] if rho_only else None)})"))
     for field in methods[stages[0]]["variables"]:
         ratios = [methods[s]["variables"][field]["W1"]["ratio"] for s in stages]
         perfect = floor.get("W1_data2", {}).get(field, {}).get("worst", {}).get("ratio")
@@ -456,7 +526,7 @@ def write(output: Mapping[str, Any], folder: str | Path, *, classifier: bool = T
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     report = build(output, classifier=classifier)
-    figures = plots.render(output, report, folder)
+    figures = plots.render(report.compared, report, folder)
     for stage, correction in report.scale_factor_sets.items():
         efficiency.write_scale_factors(folder / f"scale_factors_{stage}.json", [correction])
     report.summary["scale_factor_files"] = {stage: f"scale_factors_{stage}.json" for stage in report.scale_factor_sets}
@@ -502,7 +572,10 @@ def _html(report: Report, figures: Mapping[str, Sequence[str]]) -> str:
             for s in stages
         )
         kinematics = summary["noise_floor"].get("classifier_auc_kinematics")
+        rho_only = summary["noise_floor"].get("classifier_auc_kinematics_rho_only")
         alone = "" if kinematics is None else f"; MC kinematics alone: {kinematics['auc']:.3f}"
+        if kinematics is not None and rho_only is not None:
+            alone += f", before the (pT, |η|) reweighting {rho_only['auc']:.3f}"
         rows.append(f"<tr><th>classifier AUC (data vs data2: {floor['auc']:.3f}{alone})</th>{cells}<td></td></tr>")
     for region in REGIONS:
         floor = summary["noise_floor"]["photon_id_L1"][region]
@@ -541,7 +614,9 @@ reaches, and the count of bins above {W1_TARGET} reads against data2's (green: n
 and Spearman matrices (green: ≤ 2 × floor; Pearson is sensitive to the isolation tails, so its floor is
 large where they are sparse). Classifier: ROC AUC of a gradient-boosted classifier separating MC from
 data with all variables and (pT, η_SC, φ, ρ), on a held-out split, mean ± spread of
-{len(CLASSIFIER_SEEDS)} seeds (0.5 = indistinguishable). Details in <a href="summary.json">summary.json</a>.</p>
+{len(CLASSIFIER_SEEDS)} seeds (0.5 = indistinguishable). MC is weighted by genWeight, the ρ reweighting
+and a reweighting to data's probe (pT, |η_SC|) distribution on the bins above, which leaves every
+per-bin figure unchanged. Details in <a href="summary.json">summary.json</a>.</p>
 <table><tr><th></th>{header}</tr>{''.join(rows)}</table>
 <p>Working points (80 % and 90 % data efficiency, sideband-subtracted): {html.escape(wp)}.
 Scale factors (CMS EGM JSON: ValType, WorkingPoint, eta, pt): {sf_links}.</p>

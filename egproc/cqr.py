@@ -1120,8 +1120,7 @@ def read_samples(
         raise ValueError("train cqr needs data files (no genWeight) and MC files (with genWeight)")
     rho_branch = CONDITIONS[3]
     weights, empty = reweight.rho_weights(data[rho_branch], mc[rho_branch], data.weight, mc.weight)
-    rho_bins = np.clip(np.searchsorted(reweight.RHO_EDGES, mc[rho_branch], side="right") - 1, 0, len(weights) - 1)
-    mc_weight = mc.weight * weights[rho_bins]
+    mc_weight = mc.weight * reweight.lookup(weights, [mc[rho_branch]], [reweight.RHO_EDGES])
 
     def by_region(table: probes.ProbeTable, weight: np.ndarray) -> dict[str, TrainingSample]:
         conditions = np.stack([table[b] for b in CONDITIONS], axis=1).astype(np.float32)

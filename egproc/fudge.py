@@ -223,7 +223,7 @@ def train(
         raise ValueError("train fudge needs data files (no genWeight) and MC files (with genWeight)")
     weights, empty = reweight.rho_weights(data[RHO_BRANCH], mc[RHO_BRANCH], data.weight, mc.weight)
     rho_correction = reweight.rho_weight_correction(weights, empty)
-    mc_weight = mc.weight * weights[_bin_index(mc[RHO_BRANCH], reweight.RHO_EDGES)]
+    mc_weight = mc.weight * reweight.lookup(weights, [mc[RHO_BRANCH]], [reweight.RHO_EDGES])
     factors = derive(data, mc, mc_weight, variables)
 
     correction_set = cs.CorrectionSet(

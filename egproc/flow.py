@@ -16,7 +16,7 @@ al. 2019): coupling layers of monotonic rational-quadratic splines, so f⁻¹ is
 **Encoding.** The flow sees every variable through a fixed, invertible per-variable map
 (:class:`Encoding`), fitted on the pooled training sample:
 
-* zero-peak variables (isolations, preshower) are *dequantised*: a tail value y > 0 becomes
+* zero-peak variables (isolations, H/E, preshower) are *dequantised*: a tail value y > 0 becomes
   v = ln(1 + y/s) (s: the pooled tail median, so heavy tails stay compact), a peak value (y = 0)
   becomes v = −w·u with u a per-object uniform on [0, 1) and w = :data:`PEAK_WIDTH`. So the
   peak is a block of v < 0 beside the tail at v > 0, and decoding maps v' ≤ 0 back to exactly

@@ -13,6 +13,7 @@ __all__ = [
     "Variable",
     "SHOWER_SHAPES",
     "PRESHOWER",
+    "HADRONIC",
     "ISOLATIONS",
     "PHOTON_VARIABLES",
     "PT_EDGES",
@@ -51,12 +52,16 @@ PRESHOWER: tuple[Variable, ...] = (
     Variable("esEffSigmaRR", r"ES $\sigma_{RR}$", 80, 0.0, 12.0, regions=("EE",), zero_peak=True),
     Variable("esEnergyOverRawE", r"$E_{ES}/E_{raw}$", 80, 0.0, 0.3, regions=("EE",), zero_peak=True),
 )
+#: H/E is zero where no HCAL tower behind the supercluster has energy: a zero peak, like isolations.
+HADRONIC: tuple[Variable, ...] = (
+    Variable("hoe", r"$H/E$", 80, 0.0, 0.12, zero_peak=True),
+)
 ISOLATIONS: tuple[Variable, ...] = (
     Variable("pfPhoIso03", r"PF photon iso. (GeV)", 80, 0.0, 10.0, zero_peak=True),
     Variable("pfChargedIsoPFPV", r"PF charged iso. PV (GeV)", 80, 0.0, 10.0, zero_peak=True),
     Variable("pfChargedIsoWorstVtx", r"PF charged iso. worst vtx (GeV)", 80, 0.0, 20.0, zero_peak=True),
 )
-PHOTON_VARIABLES: tuple[Variable, ...] = SHOWER_SHAPES + PRESHOWER + ISOLATIONS
+PHOTON_VARIABLES: tuple[Variable, ...] = SHOWER_SHAPES + PRESHOWER + HADRONIC + ISOLATIONS
 
 #: Probe pT and |η_SC| categories of tag-and-probe histograms and reports. The 1.4442–1.566 bin is
 #: the barrel/endcap transition, kept as its own category so it never mixes into EB or EE.

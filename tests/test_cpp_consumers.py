@@ -23,9 +23,9 @@ import torch
 import torch.utils.cpp_extension as cpp_extension
 
 from conftest import write_known_bundle
-from egproc import fudge, reweight
+from egproc import cqr, fudge, reweight
 from egproc.bundle import CORRECTIONS
-from egproc.variables import ABS_ETA_EDGES, PT_EDGES, variable
+from egproc.variables import ABS_ETA_EDGES, ISOLATIONS, PT_EDGES, variable
 
 SOURCE = Path(__file__).parent / "cpp" / "consumer.cpp"
 SHIPPED_BUNDLE = Path(__file__).resolve().parents[1] / "corrections" / "toy-fudge"
@@ -192,15 +192,20 @@ def test_shipped_network_correction_in_libtorch(consumer, tmp_path, method):
     folder = Path(__file__).resolve().parents[1] / "corrections" / f"toy-{method}"
     rng = np.random.default_rng(5)
     n = 3000
-    for region, n_variables, n_uniforms in (("EB", 9, 3), ("EE", 11, 5)):
+    for region, chain in cqr.CHAINS.items():
+        n_variables, n_uniforms = len(chain), sum(v in cqr.ZERO_PEAK for v in chain)
         model_path = folder / f"{method}_{region}_nominal.pt"
         eta = rng.uniform(0.0, 1.44, n) if region == "EB" else rng.uniform(1.57, 2.5, n)
         conditions = np.column_stack([rng.uniform(20, 150, n), eta * rng.choice([-1, 1], n), rng.uniform(-np.pi, np.pi, n), rng.uniform(0, 45, n)])
-        # Plausible raw values (sieip around 0, fractions below 1, widths, isolations with zeros).
+        # Plausible raw values: sieip around 0, fractions below 1, widths, zero peaks with tails
+        # (GeV for isolations, a few percent for H/E).
         variables = np.abs(rng.normal(0.0, 1.0, (n, n_variables))) * 0.01 + 0.005
-        variables[:, 0] = rng.normal(0.0, 1e-4, n)
-        variables[:, 1:3] = rng.uniform(0.5, 1.0, (n, 2))
-        variables[:, -3:] = np.where(rng.random((n, 3)) < 0.4, 0.0, rng.exponential(2.0, (n, 3)))
+        column = {v: chain.index(v) for v in chain}
+        variables[:, column["sieip"]] = rng.normal(0.0, 1e-4, n)
+        variables[:, [column["s4"], column["r9"]]] = rng.uniform(0.5, 1.0, (n, 2))
+        for field in ("hoe", *(v.field for v in ISOLATIONS)):
+            scale = 0.02 if field == "hoe" else 2.0
+            variables[:, column[field]] = np.where(rng.random(n) < 0.4, 0.0, rng.exponential(scale, n))
         x = np.column_stack([conditions, variables, rng.random((n, n_uniforms))]).astype(np.float32)
         module = torch.jit.load(str(model_path))
         with torch.no_grad():

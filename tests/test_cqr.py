@@ -200,7 +200,7 @@ def test_exported_module_equals_the_trained_chain(samples, tmp_path):
     inputs = torch.from_numpy(np.concatenate([
         mc["EE"].conditions,
         np.stack([mc["EE"].values[v] for v in cqr.CHAINS["EE"]], axis=1),
-        np.random.default_rng(0).random((len(mc["EE"]), 5), dtype=np.float32),
+        np.random.default_rng(0).random((len(mc["EE"]), sum(v in cqr.ZERO_PEAK for v in cqr.CHAINS["EE"])), dtype=np.float32),
     ], axis=1))
     torch.jit.save(torch.jit.script(chain), str(tmp_path / "chain.pt"))
     loaded = torch.jit.load(str(tmp_path / "chain.pt"))

@@ -187,7 +187,7 @@ def test_exported_module_equals_the_eager_correction_and_training_is_determinist
     data, mc, _ = cqr.read_samples([samples["data"]], [samples["mc"]])
     variables = flow.VARIABLES["EE"]
     correction, _ = flow.train_flow(data["EE"], mc["EE"], variables, settings=TINY, seed=3, label="EE")
-    uniforms = np.random.default_rng(0).random((len(mc["EE"]), 5), dtype=np.float32)
+    uniforms = np.random.default_rng(0).random((len(mc["EE"]), sum(v in cqr.ZERO_PEAK for v in variables)), dtype=np.float32)
     inputs = module_inputs(mc["EE"], variables, uniforms)
     path = tmp_path / "flow.pt"
     torch.jit.save(torch.jit.script(correction), str(path))
@@ -254,11 +254,12 @@ def test_dequantisation_does_not_depend_on_chunking_or_selection(trained, sample
     """The dequantisation uniforms come from hashprng: the same corrected values whether the file
     is processed whole, in two eager chunks, in dask partitions, or after a pT selection (to
     float32 rounding: a matrix product over another number of rows may round its last bit
-    differently)."""
+    differently, and the spline layers carry that to ~1e-6 absolute on a value just above an
+    isolation's zero peak — a wrong uniform moves values by 0.1–10)."""
 
     def assert_same(got, expected):
         np.testing.assert_array_equal(got == 0, expected == 0)
-        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
     path = samples["mc"]
     fields = ("pfPhoIso03", "pfChargedIsoPFPV", "pfChargedIsoWorstVtx", "esEffSigmaRR", "r9")
@@ -312,9 +313,11 @@ def test_flow_inverse_undoes_transform_for_the_trained_toy_flow(samples):
     data, mc, _ = cqr.read_samples([samples["data"]], [samples["mc"]])
     variables = flow.VARIABLES["EB"]
     correction, _ = flow.train_flow(data["EB"], mc["EB"], variables, settings=TINY, seed=8, label="EB")
-    inputs = module_inputs(mc["EB"], variables, np.random.default_rng(1).random((len(mc["EB"]), 3), dtype=np.float32))
+    n_uniforms = sum(v in cqr.ZERO_PEAK for v in variables)
+    inputs = module_inputs(mc["EB"], variables, np.random.default_rng(1).random((len(mc["EB"]), n_uniforms), dtype=np.float32))
+    first_uniform = 4 + len(variables)
     with torch.inference_mode():
-        encoded = correction.encoding.encode(flow.as_modelled(inputs[:, 4:13], correction.references), inputs[:, 13:])
+        encoded = correction.encoding.encode(flow.as_modelled(inputs[:, 4:first_uniform], correction.references), inputs[:, first_uniform:])
         context = correction.context(inputs[:, :4], 0.0)
         z, _ = correction.flow.transform(encoded, context)
         back = correction.flow.inverse(z, context)

@@ -1,9 +1,10 @@
-"""How much of the photon ID score's data/MC distance after a correction comes from ID inputs the
-correction does not touch.
+"""How much of the photon ID score's data/MC distance after a correction comes from given ID inputs
+(e.g. inputs the correction does not touch, or corrects least well).
 
 Applies a bundle to the tag-and-probe probes of toy MC, evaluates the toy MVA ID
 (:func:`egproc.toy.photon_id.toy_mva_id`) on data, data2 and the corrected MC, and prints per region
-the L1 distance of the score histograms to data, as the report computes it (probes in the Z mass
+the L1 distance of the score histograms to data, and the L1 statistics alone give at data's and
+MC's effective entries (:func:`egproc.metrics.expected_l1_distance`), as the report computes them (probes in the Z mass
 window, MC weighted by genWeight, the bundle's ρ weight and data's probe (pT, |η_SC|)
 distribution): once as is, and once with ``--zero`` fields (default ``hoe``) set to 0 in every
 sample, i.e. with those inputs taken out of the ID.
@@ -85,18 +86,22 @@ def main() -> None:
     samples["mc"] = (mc, mc_rho, mc_weight * reweight.lookup(table, kinematics(mc), edges))
 
     print(f"{args.bundle.name}: probes data {len(data_weight):,}, MC {len(mc_weight):,}; ID score L1 to data")
-    print(f"{'':28s} {'region':6s} {'data2':>7s} {'MC':>7s}")
+    print(f"{'':28s} {'region':6s} {'data2':>7s} {'MC':>7s}   statistics alone at MC's entries")
     for label, zeroed in (("as is", ()), (f"{', '.join(args.zero)} := 0", tuple(args.zero))):
-        histograms = {}
+        histograms, entries = {}, {}
         for name, (columns, rho, weight) in samples.items():
             score = toy_mva_id({**columns, **{f: np.zeros_like(columns[f]) for f in zeroed}}, rho)
             for region in ("EB", "EE"):
                 keep = region_mask(columns["superclusterEta"], region)
                 histograms[name, region] = np.histogram(np.clip(score[keep], -1, 1), SCORE_EDGES, weights=weight[keep])[0]
+                entries[name, region] = weight[keep].sum() ** 2 / (weight[keep] ** 2).sum()
         for region in ("EB", "EE"):
             floor = metrics.l1_distance(histograms["data", region], histograms["data2", region])
             value = metrics.l1_distance(histograms["data", region], histograms["mc", region])
-            print(f"{label:28s} {region:6s} {floor:7.3f} {value:7.3f}")
+            expected, spread = metrics.expected_l1_distance(
+                histograms["data", region] + histograms["data2", region], entries["data", region], entries["mc", region]
+            )
+            print(f"{label:28s} {region:6s} {floor:7.3f} {value:7.3f}   {expected:.3f} ± {spread:.3f}")
 
 
 if __name__ == "__main__":

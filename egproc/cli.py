@@ -69,9 +69,9 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from egproc import histio, report
+    from egproc import costs, histio, report
 
-    folder = report.write(histio.read(args.output), args.out, classifier=not args.no_classifier)
+    folder = report.write(histio.read(args.output), args.out, classifier=not args.no_classifier, costs=costs.read(args.output))
     print(report.headline(json.loads((folder / "summary.json").read_text())))
     print(f"wrote {folder / 'index.html'}")
 

@@ -25,6 +25,7 @@ one ``formularef`` per bin), so the JSON evaluates with plain correctionlib in P
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,6 +217,7 @@ def train(
     ``provenance`` adds entries (e.g. the toy seed) to what the bundle records: input file names
     and sha256, probe counts, the selection and the bins left uncorrected.
     """
+    started = time.perf_counter()
     branches = ["Photon_pt", "Photon_superclusterEta", RHO_BRANCH, *(f"Photon_{v}" for v in variables)]
     data = probes.read_probes(data_files, branches)
     mc = probes.read_probes(mc_files, branches)
@@ -260,5 +262,6 @@ def train(
             "bins_left_uncorrected": {
                 f.variable.field: int((~f.applied).sum()) for f in factors
             },
+            "training_wall_seconds": round(time.perf_counter() - started, 1),
         },
     )

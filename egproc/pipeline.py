@@ -209,7 +209,7 @@ def demo(
     from dask.distributed import Client
 
     import egproc
-    from egproc import fudge, histio, toy
+    from egproc import costs, fudge, histio, toy
     from egproc.processors import TagAndProbeProcessor
 
     workdir = Path(workdir)
@@ -251,11 +251,14 @@ def demo(
         print(f"      {name}: {int(counts['events']):,} events, {int(counts['pairs']):,} probes in the mass window")
 
     output_path = histio.save(output, workdir / "output")
+    # What each correction costs, for the report's comparison (on this process, one torch thread).
+    measured = costs.measure(stages, files["mc"][0])
+    costs.write(measured, output_path)
     print(f"[4/5] data/MC agreement of the probe distributions (inclusive in pT; outputs in {output_path})")
     print(format_agreement(agreement_rows(output)))
 
     clock = time.perf_counter()
-    folder = report.write(output, workdir / "report")
+    folder = report.write(output, workdir / "report", costs=measured)
     print(f"[5/5] fidelity report written in {time.perf_counter() - clock:.1f} s: open {folder / 'index.html'}")
     print(report.headline(json.loads((folder / "summary.json").read_text())))
     return output

@@ -169,6 +169,48 @@ def test_expected_w1_of_stacked_categories_and_empty_ones():
     assert np.isnan(expected[1])
 
 
+def test_expected_l1_against_exact_and_large_sample_answers():
+    # One entry each: L1 is 0 when both land in the same bin, 2 otherwise: E = 2 (1 − Σ p²).
+    mean, spread = metrics.expected_l1_distance(np.full(10, 3.0), 1, 1, draws=20_000, seed=1)
+    assert mean == pytest.approx(1.8, abs=0.02)
+    assert spread == pytest.approx(2 * np.sqrt(0.9 * 0.1), rel=0.03)  # 2 × Bernoulli(0.9)
+    # Two equal bins, n entries each: L1 = 2|d|/n with d ~ N(0, n/2), so E = 2/√(πn) and
+    # sd = E·√(π/2 − 1); four times the entries halve both.
+    n = 10_000
+    mean, spread = metrics.expected_l1_distance(np.array([1.0, 1.0]), n, n, draws=20_000, seed=2)
+    assert mean == pytest.approx(2 / np.sqrt(np.pi * n), rel=0.02)
+    assert spread == pytest.approx(2 / np.sqrt(np.pi * n) * np.sqrt(np.pi / 2 - 1), rel=0.03)
+    quarter, _ = metrics.expected_l1_distance(np.array([1.0, 1.0]), 4 * n, 4 * n, draws=20_000, seed=2)
+    assert quarter == pytest.approx(mean / 2, rel=0.03)
+    # Reproducible for a seed, and a clear error for what is not one histogram.
+    assert metrics.expected_l1_distance(np.arange(1.0, 6.0), 50, 80) == metrics.expected_l1_distance(np.arange(1.0, 6.0), 50, 80)
+    with pytest.raises(ValueError, match="one histogram"):
+        metrics.expected_l1_distance(np.ones((2, 3)), 10, 10)
+
+
+def test_expected_l1_is_the_mean_distance_of_weighted_samples():
+    """Weighted samples enter with their effective entries: the L1 between histograms of
+    independent weighted samples scatters around the floor at their Kish entries."""
+    rng = np.random.default_rng(8)
+    truth = np.array([1.0, 4.0, 9.0, 6.0, 3.0, 1.0, 0.2])
+    edges = np.arange(len(truth) + 1.0)
+    n = 3000
+    distances, entries = [], []
+    for _ in range(400):
+        a = rng.choice(len(truth), n, p=truth / truth.sum()) + 0.5
+        b = rng.choice(len(truth), n, p=truth / truth.sum()) + 0.5
+        w = rng.exponential(1.0, n)  # Kish entries n / 2
+        p, _ = np.histogram(a, edges)
+        q, _ = np.histogram(b, edges, weights=w)
+        distances.append(metrics.l1_distance(p, q))
+        entries.append(w.sum() ** 2 / (w**2).sum())
+    mean, spread = metrics.expected_l1_distance(truth, n, float(np.mean(entries)))
+    assert float(np.mean(distances)) == pytest.approx(mean, rel=0.05)
+    assert float(np.std(distances)) == pytest.approx(spread, rel=0.15)
+    unweighted, _ = metrics.expected_l1_distance(truth, n, n)
+    assert mean > 1.1 * unweighted
+
+
 def test_ratio_to_floor_policy():
     ratio = metrics.ratio_to_floor(np.array([2.0, 0.0, 1.0, 0.0]), np.array([1.0, 1.0, 0.0, 0.0]))
     np.testing.assert_array_equal(ratio, [2.0, 0.0, np.inf, np.nan])

@@ -25,9 +25,14 @@ def output(tmp_path_factory):
     return histio.read(folder / "output")  # through the on-disk format, as `egproc report` reads it
 
 
+#: What egproc.costs would measure for the fudge stage (the raw stage has no bundle).
+COSTS = {"fudge": {"training_seconds": 90.0, "probes": 1000, "seconds": 0.004, "probes_per_second": 250_000.0,
+                   "device": "cpu", "torch_threads": 1}}
+
+
 @pytest.fixture(scope="module")
 def written(output, tmp_path_factory):
-    return report.write(output, tmp_path_factory.mktemp("report"))
+    return report.write(output, tmp_path_factory.mktemp("report"), costs=COSTS)
 
 
 def test_output_round_trips_through_disk(output):
@@ -108,6 +113,15 @@ def test_report_files_and_headline_figures(written):
     above_raw = sum(methods["raw"]["W1_bins_above_target"].values())
     above_data2 = sum(floor["W1_data2_bins_above_target"].values())
     assert above_data2 < above_raw <= total and above_raw > total / 2
+    # The ID score's L1 reads against what statistics alone give at each comparison's effective
+    # entries: data2's L1 is one draw of its own expectation, raw MC is far above its own.
+    for region in ("EB", "EE"):
+        data2 = floor["photon_id_L1"][region]
+        assert abs(data2["L1"] - data2["expected_L1"]) < 4 * data2["expected_L1_sd"], region
+        raw, fudged = methods["raw"]["photon_id"][region], methods["fudge"]["photon_id"][region]
+        assert raw["L1"] > raw["expected_L1"] + 5 * raw["expected_L1_sd"], region
+        assert raw["ratio"] == pytest.approx(raw["L1"] / raw["expected_L1"])
+        assert raw["expected_L1"] == fudged["expected_L1"]  # a correction does not change the weights
     assert set(summary["working_points"]) == {"wp80", "wp90"}
     # The printed headline carries the same numbers, one column per stage.
     lines = {line.split("  ")[0]: line.split() for line in report.headline(summary).splitlines()[1:]}
@@ -116,6 +130,14 @@ def test_report_files_and_headline_figures(written):
     assert lines["W1/floor sieie"][-1] == f"{floor['W1_data2']['sieie']['worst']['ratio']:.2f}"
     assert lines["W1 bins > 1.5"][4:6] == [str(above_raw), str(sum(methods["fudge"]["W1_bins_above_target"].values()))]
     assert lines["W1 bins > 1.5"][-3:] == [f"{total};", "data2", str(above_data2)]
+    # Each correction's costs, "—" for the raw stage, which has none.
+    assert summary["costs"] == COSTS
+    assert lines["training time (min)"][3:5] == ["—", "1.5"]
+    assert lines["apply (k probes/s, cpu)"][4:6] == ["—", "250"]
+    assert "thousand probes/s" in html
+    identity = methods["fudge"]["photon_id"]["EE"]
+    assert lines["ID score L1 EE"][4:6] == [f"{methods[s]['photon_id']['EE']['L1']:.3f}" for s in ("raw", "fudge")]
+    assert lines["ID score L1 EE"][10:13] == [f"{identity['expected_L1']:.3f}", "±", f"{identity['expected_L1_sd']:.3f};"]
 
 
 def test_scale_factor_json_validates_and_evaluates(written):

@@ -146,6 +146,8 @@ def _parser() -> argparse.ArgumentParser:
     cqr.add_argument("--hidden", type=int, nargs="+", help="hidden layer sizes of the quantile networks")
     cqr.add_argument("--batch-size", type=int)
     cqr.add_argument("--learning-rate", type=float)
+    cqr.add_argument("--evaluate-every", type=int, help="steps between held-out loss evaluations (the best is kept; 0: no held-out events)")
+    cqr.add_argument("--patience", type=int, help="evaluations without improvement that stop a network's training (0: never)")
     cqr.set_defaults(handler=_train_network_method)
 
     flow = methods.add_parser("flow", help="one normalizing flow with a data/MC switch (TorchScript module per region)")

@@ -352,8 +352,7 @@ def train_flow(
     # Each sample carries half the total weight, so that neither density is learnt at the
     # expense of the other whatever the sample sizes.
     weights = np.concatenate([data.weight / data.weight.sum(), mc.weight / mc.weight.sum()]) * len(table) / 2
-    # By event number over 2, so that each split half holds out its share too.
-    held_out = np.concatenate([data.event, mc.event]) // 2 % 20 == 7
+    held_out = training.held_out_events(np.concatenate([data.event, mc.event]))
     train_rows = ~held_out
     epochs = training.epochs_for_steps(settings.steps, int(train_rows.sum()), settings.batch_size)
     steps_per_epoch = math.ceil(int(train_rows.sum()) / settings.batch_size)

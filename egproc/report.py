@@ -570,7 +570,9 @@ def write(
 
 
 def _minutes(seconds: float | None) -> str:
-    return "—" if seconds is None else f"{seconds / 60:.3g}"  # fudge factors take seconds
+    if seconds is None:
+        return "—"
+    return f"{seconds / 60:.2f}" if seconds < 60 else f"{seconds / 60:.3g}"  # fudge factors take seconds
 
 
 def _thousands(rate: float | None) -> str:

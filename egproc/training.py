@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["Loss", "EarlyStopping", "epochs_for_steps", "minimise", "seeded", "split_cpu_threads"]
+__all__ = ["Loss", "EarlyStopping", "held_out_events", "epochs_for_steps", "minimise", "seeded", "split_cpu_threads"]
 
 #: loss(module output, targets, weights or None) → scalar (a weighted mean over the batch).
 Loss = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -88,6 +88,13 @@ class EarlyStopping:
             )
         if self.every < 1 or (self.patience is not None and self.patience < 1):
             raise ValueError(f"early stopping: every ({self.every}) and patience ({self.patience}) must be ≥ 1")
+
+
+def held_out_events(event: np.ndarray) -> np.ndarray:
+    """The rows whose loss picks the weights (:class:`EarlyStopping`): one event in 20, by event
+    number over 2, so that each split half (event-number parity) holds out its share too and the
+    choice does not depend on how the probes were read or chunked."""
+    return np.asarray(event, dtype=np.int64) // 2 % 20 == 7
 
 
 def epochs_for_steps(steps: int, n_rows: int, batch_size: int) -> int:

@@ -12,7 +12,7 @@ from scipy.special import logit, ndtri
 from torch import nn
 
 import egproc
-from egproc import cli, cqr, engine, toy
+from egproc import cli, cqr, engine, toy, training
 from egproc.quantiles import LEVELS
 
 from conftest import flat, open_events
@@ -216,6 +216,35 @@ def test_exported_module_equals_the_trained_chain(samples, tmp_path):
     again = cqr.train_chain(data["EE"], mc["EE"], cqr.CHAINS["EE"], settings=TINY, seed=3, label="EE")
     with torch.no_grad():
         np.testing.assert_array_equal(again(inputs).numpy(), eager)
+
+
+def test_held_out_events_choose_the_weights_and_never_train():
+    """One event in 20 (by event number over 2, both parities alike) is held out; a network never
+    trains on it, and its loss there picks the weights: held-out targets far out (100, where the
+    training rows are standard normal) would drag the 99 % quantile to 100 if they were trained on."""
+    events = np.arange(40_000)
+    held_out = training.held_out_events(events)
+    assert held_out.mean() == pytest.approx(0.05)
+    assert held_out[events % 2 == 0].mean() == held_out[events % 2 == 1].mean() == pytest.approx(0.05)
+    np.testing.assert_array_equal(np.flatnonzero(held_out[:60]), [14, 15, 54, 55])
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(len(events), 3)).astype(np.float32)
+    y = np.where(held_out, 100.0, rng.normal(size=len(events)))
+    settings = cqr.Settings(hidden=(16, 16), steps=400, batch_size=1024, evaluate_every=50, patience=2)
+    fits = cqr._Regressors("nn", settings, "cpu", lambda _: None)
+    network = fits.quantiles(x, y, np.ones(len(y)), held_out, seed=1, label="noise")
+    with torch.no_grad():
+        q = network(torch.from_numpy(x[:2000])).numpy()
+    assert np.median(q[:, -1]) == pytest.approx(2.33, abs=0.3)  # N(0, 1)'s 99 % quantile, not 100
+    best, ran = fits.best_steps["noise"]
+    assert 50 <= best <= ran <= 400 and best % 50 == 0
+    # Without held-out events (evaluate_every=0) every row trains and nothing is recorded.
+    plain = cqr._Regressors("nn", cqr.Settings(hidden=(16, 16), steps=400, batch_size=1024, evaluate_every=0), "cpu", lambda _: None)
+    dragging = plain.quantiles(x, y, np.ones(len(y)), held_out, seed=1, label="noise")
+    with torch.no_grad():
+        dragged = dragging(torch.from_numpy(x[:2000])).numpy()
+    assert np.median(dragged[:, -1]) > 10 and not plain.best_steps
 
 
 def test_training_the_data_side_in_a_second_thread_gives_the_same_chain(samples):

@@ -889,16 +889,15 @@ class _Regressors:
     ) -> None:
         s = self.settings
         stopping = None
-        train = np.ones(len(y), dtype=bool)
         if s.evaluate_every > 0 and held_out.any() and not held_out.all():
-            train = ~held_out
             stopping = training.EarlyStopping(
                 x[held_out], y[held_out], weight[held_out], every=s.evaluate_every, patience=s.patience or None
             )
+            x, y, weight = x[~held_out], y[~held_out], weight[~held_out]
         evaluations: list[tuple[int, float]] = []
         training.minimise(
-            model, loss, x[train], y[train], weight[train],
-            epochs=training.epochs_for_steps(steps, int(train.sum()), s.batch_size),
+            model, loss, x, y, weight,
+            epochs=training.epochs_for_steps(steps, len(y), s.batch_size),
             batch_size=s.batch_size, learning_rate=s.learning_rate, seed=seed, device=self.device,
             early_stopping=stopping, on_evaluation=lambda step, value: evaluations.append((step, value)),
         )

@@ -94,7 +94,7 @@ def main() -> None:
             for region in ("EB", "EE"):
                 keep = region_mask(columns["superclusterEta"], region)
                 histograms[name, region] = np.histogram(np.clip(score[keep], -1, 1), SCORE_EDGES, weights=weight[keep])[0]
-                entries[name, region] = weight[keep].sum() ** 2 / (weight[keep] ** 2).sum()
+                entries[name, region] = metrics.effective_entries(weight[keep], weight[keep] ** 2)
         for region in ("EB", "EE"):
             floor = metrics.l1_distance(histograms["data", region], histograms["data2", region])
             value = metrics.l1_distance(histograms["data", region], histograms["mc", region])

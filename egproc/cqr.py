@@ -102,6 +102,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import gzip
 import math
 import queue
@@ -883,10 +884,12 @@ class _Regressors:
         #: steps it ran; empty without early stopping.
         self.best_steps: dict[str, tuple[int, int]] = {}
 
-    def _minimise(
-        self, model: nn.Module, loss: training.Loss, x: np.ndarray, y: np.ndarray, weight: np.ndarray,
+    def _train(
+        self, fit: Callable[..., Any], model: nn.Module, x: np.ndarray, y: np.ndarray, weight: np.ndarray,
         held_out: np.ndarray, steps: int, seed: int, label: str,
     ) -> None:
+        """``fit(x, y, weight, **options)`` on the training rows, the held-out rows picking the
+        weights when ``Settings.evaluate_every`` asks for it; the model ends on the CPU."""
         s = self.settings
         stopping = None
         if s.evaluate_every > 0 and held_out.any() and not held_out.all():
@@ -895,8 +898,8 @@ class _Regressors:
             )
             x, y, weight = x[~held_out], y[~held_out], weight[~held_out]
         evaluations: list[tuple[int, float]] = []
-        training.minimise(
-            model, loss, x, y, weight,
+        fit(
+            x, y, weight,
             epochs=training.epochs_for_steps(steps, len(y), s.batch_size),
             batch_size=s.batch_size, learning_rate=s.learning_rate, seed=seed, device=self.device,
             early_stopping=stopping, on_evaluation=lambda step, value: evaluations.append((step, value)),
@@ -910,13 +913,9 @@ class _Regressors:
         if self.kind == "bdt":
             model: nn.Module = _QuantileBDT(x, y, weight, s.bdt_iterations, seed)
         else:
-            model = quantiles.QuantileNetwork.for_sample(x, y, hidden=s.hidden, seed=seed)
-            levels = model.levels
-
-            def pinball(predicted: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-                return quantiles.pinball_loss(predicted, target, levels, weights)
-
-            self._minimise(model, pinball, x, y, weight, held_out, s.steps, seed, label)
+            network = quantiles.QuantileNetwork.for_sample(x, y, hidden=s.hidden, seed=seed)
+            self._train(functools.partial(quantiles.fit, network), network, x, y, weight, held_out, s.steps, seed, label)
+            model = network
         self.on_fit(label)
         return model
 
@@ -926,7 +925,8 @@ class _Regressors:
             model: nn.Module = _ClassifierBDT(x, is_zero, weight, s.bdt_iterations, seed)
         else:
             model = ZeroClassifier.for_sample(x, s.classifier_hidden, seed)
-            self._minimise(model, _binary_cross_entropy, x, is_zero.astype(np.float32), weight, held_out, s.classifier_steps, seed, label)
+            fit = functools.partial(training.minimise, model, _binary_cross_entropy)
+            self._train(fit, model, x, is_zero.astype(np.float32), weight, held_out, s.classifier_steps, seed, label)
         self.on_fit(label)
         return model
 

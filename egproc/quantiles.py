@@ -247,16 +247,18 @@ def fit(
     seed: int = 0,
     device: str = "cpu",
     on_epoch: Callable[[int, float], None] | None = None,
+    early_stopping: training.EarlyStopping | None = None,
+    on_evaluation: Callable[[int, float], None] | None = None,
 ) -> list[float]:
-    """Train ``network`` by minimising the pinball loss (:func:`egproc.training.minimise`);
-    returns the loss per epoch."""
+    """Train ``network`` by minimising the pinball loss (:func:`egproc.training.minimise`, which
+    also documents ``early_stopping`` and ``on_evaluation``); returns the loss per epoch."""
 
     def loss(predicted: torch.Tensor, target: torch.Tensor, batch_weights: torch.Tensor | None) -> torch.Tensor:
         return pinball_loss(predicted, target, network.levels, batch_weights)
 
     return training.minimise(
         network, loss, x, y, weights, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-        seed=seed, device=device, on_epoch=on_epoch,
+        seed=seed, device=device, on_epoch=on_epoch, early_stopping=early_stopping, on_evaluation=on_evaluation,
     )
 
 

@@ -313,7 +313,7 @@ def _photon_id(output: Mapping[str, Any], stages: Sequence[str]) -> dict[str, An
         for region in REGIONS:
             keep = region_mask(probes["superclusterEta"], region)
             result["histograms"][(label, region)] = np.histogram(np.clip(score[keep], -1, 1), edges, weights=weight[keep])[0]
-            entries[(label, region)] = float(weight[keep].sum() ** 2 / max(float((weight[keep] ** 2).sum()), 1e-300))
+            entries[(label, region)] = float(metrics.effective_entries(weight[keep], weight[keep] ** 2))
         for name, bins in profile_edges.items():
             index = np.digitize(probes[name], bins) - 1
             valid = (index >= 0) & (index < len(bins) - 1)

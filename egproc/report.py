@@ -27,7 +27,9 @@ What is measured, per method (``raw`` included, as the "before"):
 * parameter evolution: mean, RMS, and the Gaussian-core peak and width per bin (:mod:`egproc.corefit`),
   for the variables without an exact-zero peak (the core of an isolation is its zero peak);
 * correlations: Pearson and Spearman matrices of the variables per region, their difference to data,
-  max |Δρ| and its floor;
+  max |Δρ| and its floor: the expected max |Δρ| of two samples at data's and MC's effective entries
+  (:func:`egproc.metrics.expected_correlation_difference`, bootstrapping both data samples
+  pooled), beside its spread and data2's one draw;
 * the classifier two-sample AUC, all variables jointly plus (pT, η_SC, φ, ρ), barrel and endcap
   together (:mod:`egproc.twosample`);
 * the photon ID score re-evaluated on corrected variables: the L1 distance of its distribution per
@@ -68,6 +70,8 @@ MIN_BIN_ENTRIES = 500
 #: an independent data sample exceeds it in a few: the report counts the bins above it for every
 #: stage and for data2, so that a count reads against what statistics alone give.
 W1_TARGET = 1.5
+#: Bootstrap pairs behind each correlation floor: its mean to about a fifth of its spread.
+CORRELATION_FLOOR_DRAWS = 25
 #: Regions and their |η| bins; the transition bin belongs to neither.
 REGIONS: Mapping[str, tuple[int, ...]] = REGION_ETA_BINS
 KINEMATICS = ("pt", "superclusterEta", "phi", "rho")
@@ -245,10 +249,17 @@ def _correlations(output: Mapping[str, Any], stages: Sequence[str], fields_by_re
     for region, fields in fields_by_region.items():
         data, _, _ = _columns(output, "data", "raw", fields, region)
         data2, _, _ = _columns(output, "data2", "raw", fields, region)
+        _, _, mc_weight = _columns(output, "mc", stages[0], fields, region)
+        # The floor of a data-vs-MC comparison: two samples at data's and MC's (Kish) entries from
+        # the population both data samples represent. Every stage has MC's weights.
+        mc_entries = float(metrics.effective_entries(mc_weight, mc_weight**2))
         entry: dict[str, Any] = {"fields": fields, "stages": {}}
         for method in ("pearson", "spearman"):
-            _, floor = metrics.correlation_difference(data, data2, method=method)
-            entry[f"{method}_floor"] = float(floor)
+            _, drawn = metrics.correlation_difference(data, data2, method=method)
+            floor, spread = metrics.expected_correlation_difference(
+                np.concatenate([data, data2]), len(data), mc_entries, method=method, draws=CORRELATION_FLOOR_DRAWS
+            )
+            entry.update({f"{method}_floor": floor, f"{method}_floor_sd": spread, f"{method}_floor_data2": float(drawn)})
         entry["data_pearson"] = metrics.pearson_matrix(data)
         for stage in stages:
             mc, _, weight = _columns(output, "mc", stage, fields, region)
@@ -409,8 +420,12 @@ def build(output: Mapping[str, Any], *, classifier: bool = True, costs: Mapping[
                 region: {
                     "max_abs_delta_pearson": correlations[region]["stages"][stage]["pearson"]["max_abs_delta"],
                     "floor_pearson": correlations[region]["pearson_floor"],
+                    "floor_pearson_sd": correlations[region]["pearson_floor_sd"],
+                    "floor_pearson_data2": correlations[region]["pearson_floor_data2"],
                     "max_abs_delta_spearman": correlations[region]["stages"][stage]["spearman"]["max_abs_delta"],
                     "floor_spearman": correlations[region]["spearman_floor"],
+                    "floor_spearman_sd": correlations[region]["spearman_floor_sd"],
+                    "floor_spearman_data2": correlations[region]["spearman_floor_data2"],
                 }
                 for region in REGIONS
             },
@@ -515,7 +530,8 @@ def headline(summary: Mapping[str, Any]) -> str:
     for region in REGIONS:
         correlations = [methods[s]["correlations"][region] for s in stages]
         rows.append((f"max |Δρ| Spearman {region}", [number(c["max_abs_delta_spearman"]) for c in correlations],
-                     f"floor {number(correlations[0]['floor_spearman'])}"))
+                     f"floor {number(correlations[0]['floor_spearman'])} ± {number(correlations[0]['floor_spearman_sd'])}; "
+                     f"data2 {number(correlations[0]['floor_spearman_data2'])}"))
     for region in REGIONS:
         identity = [methods[s]["photon_id"][region] for s in stages]
         data2 = floor["photon_id_L1"][region]
@@ -604,11 +620,14 @@ def _html(report: Report, figures: Mapping[str, Sequence[str]]) -> str:
     )
     for method in ("pearson", "spearman"):
         for region in REGIONS:
-            floor = summary["methods"][stages[0]]["correlations"][region][f"floor_{method}"]
+            entry = summary["methods"][stages[0]]["correlations"][region]
+            floor, spread, drawn = entry[f"floor_{method}"], entry[f"floor_{method}_sd"], entry[f"floor_{method}_data2"]
             cells = "".join(
                 _cell(summary["methods"][s]["correlations"][region][f"max_abs_delta_{method}"], 2 * floor) for s in stages
             )
-            rows.append(f"<tr><th>max |Δρ| {method.title()} {region} (floor {floor:.3g})</th>{cells}<td></td></tr>")
+            rows.append(
+                f"<tr><th>max |Δρ| {method.title()} {region} (floor {floor:.3g} ± {spread:.2g})</th>{cells}<td>{drawn:.3g}</td></tr>"
+            )
     floor = summary["noise_floor"]["classifier_auc"]
     if floor is not None:
         cells = "".join(

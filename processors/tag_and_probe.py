@@ -62,7 +62,8 @@ class TagAndProbeProcessor(processor.ProcessorABC):
         toy's documented MVA, :func:`egproc.toy.toy_mva_id`); ``None`` keeps the file's score.
         It is called with NumPy arrays, one entry per pair: ``photons`` maps each of
         ``photon_id_inputs`` to the probe's values, ``rho`` is its event's ρ. (Under dask it is
-        also called once on typetracer awkward arrays, to learn which fields it reads.)
+        also called on zero-length columns while the graph is traced, for its output dtype; the
+        columns read are ``photon_id_inputs``.)
     photon_id_inputs:
         Photon fields ``photon_id`` reads (checked before the run like the variables).
     reweighting:
@@ -212,14 +213,34 @@ def _score_partition(photon_id: PhotonID, fields: tuple[str, ...], probes: Any, 
     each costs awkward's dispatch and broadcasting on top of the arithmetic (5–10× on the toy's
     MVA at 40 k probes)."""
     if ak.backend(probes) == "typetracer":
-        # dask-awkward's tracing pass: let the ID touch the fields it reads, and the output's form.
-        return photon_id(probes, rho)
+        return _traced_score(photon_id, fields, probes, rho)
     columns = {field: ak.to_numpy(probes[field]) for field in fields}
+    return ak.Array(np.asarray(_call(photon_id, fields, columns, ak.to_numpy(rho))))
+
+
+def _traced_score(photon_id: PhotonID, fields: tuple[str, ...], probes: Any, rho: Any) -> Any:
+    """The score's form for dask-awkward's tracing passes (graph construction, then column
+    projection at every optimisation), without tracing the ID itself: its tens of expressions on
+    typetracers added 0.05 s to each pass on the client, twice per run, which at the processor
+    benchmark's 400 k events was as much as applying the fudge factors (README, "Benchmarks").
+    The fields it reads are the declared ``fields``, and its output
+    dtype is what it returns on zero-length columns of their dtypes (a chunk without probes gives
+    it those anyway)."""
+    empty = {}
+    for field in fields:
+        column = probes[field]
+        ak.typetracer.touch_data(column)
+        empty[field] = ak.to_numpy(column.layout.form.length_zero_array())
+    ak.typetracer.touch_data(rho)
+    score = np.asarray(_call(photon_id, fields, empty, ak.to_numpy(rho.layout.form.length_zero_array())))
+    return ak.Array(ak.to_layout(score).to_typetracer(forget_length=True))
+
+
+def _call(photon_id: PhotonID, fields: tuple[str, ...], columns: dict[str, np.ndarray], rho: np.ndarray) -> Any:
     try:
-        score = photon_id(columns, ak.to_numpy(rho))
+        return photon_id(columns, rho)
     except KeyError as missing:
         raise KeyError(f"photon_id read the photon field {missing}, which is not in photon_id_inputs {fields}") from None
-    return ak.Array(np.asarray(score))
 
 
 def _new_hist(dask_mode: bool, *axes: Any) -> Any:

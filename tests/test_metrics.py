@@ -307,3 +307,36 @@ def test_undefined_correlations_are_nan_not_zero():
     assert np.isnan(metrics.correlation_difference(sample, sample)[1])
     with pytest.raises(ValueError):
         metrics.correlation_difference(sample, sample, method="kendall")
+
+
+def test_expected_correlation_difference_against_the_large_sample_answer():
+    """Two columns: max |Δρ| = |r_a − r_b|, and for a bivariate normal r is normal about ρ with
+    σ² = (1 − ρ²)²/n (Pearson), 1/n for independent columns (Spearman), so E|r_a − r_b| is
+    √(2/π) times σ_a ⊕ σ_b. The bootstrap is also reproducible and scales as 1/√n."""
+    rng = np.random.default_rng(12)
+    rho, n_a, n_b = 0.6, 4_000, 2_500
+    population = bivariate(rng, rho, 200_000)[:, :2]
+    mean, spread = metrics.expected_correlation_difference(population, n_a, n_b, draws=300)
+    analytic = np.sqrt(2 / np.pi) * (1 - rho**2) * np.sqrt(1 / n_a + 1 / n_b)
+    assert mean == pytest.approx(analytic, rel=0.08)
+    assert spread == pytest.approx(np.sqrt(1 - 2 / np.pi) / np.sqrt(2 / np.pi) * analytic, rel=0.15)  # half-normal
+    independent = rng.normal(size=(200_000, 2))
+    mean, _ = metrics.expected_correlation_difference(independent, n_a, n_b, method="spearman", draws=300)
+    assert mean == pytest.approx(np.sqrt(2 / np.pi) * np.sqrt(1 / n_a + 1 / n_b), rel=0.08)
+
+    again = metrics.expected_correlation_difference(population, 16 * n_a, 16 * n_b, draws=100)
+    assert again == metrics.expected_correlation_difference(population, 16 * n_a, 16 * n_b, draws=100)
+    assert again[0] == pytest.approx(analytic / 4, rel=0.15)
+
+
+def test_expected_correlation_difference_draws_with_the_rows_weights():
+    """Weighted rows stand for the population they are weighted to: rows of two correlations,
+    weighted so that only the ρ = 0.3 ones count, give the floor of ρ = 0.3 alone."""
+    rng = np.random.default_rng(13)
+    strong, weak = bivariate(rng, 0.95, 100_000)[:, :2], bivariate(rng, 0.3, 100_000)[:, :2]
+    rows = np.concatenate([strong, weak])
+    weights = np.concatenate([np.zeros(len(strong)), np.ones(len(weak))])
+    mean, _ = metrics.expected_correlation_difference(rows, 3_000, 3_000, weights, draws=300)
+    assert mean == pytest.approx(np.sqrt(2 / np.pi) * (1 - 0.3**2) * np.sqrt(2 / 3_000), rel=0.1)
+    with pytest.raises(ValueError, match="positive total weight"):
+        metrics.expected_correlation_difference(rows, 10, 10, np.zeros(len(rows)))

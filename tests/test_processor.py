@@ -91,7 +91,7 @@ def test_mc_can_skip_its_raw_stage_without_changing_the_corrected_one(samples, f
     np.testing.assert_array_equal(lean["mc"]["probes"]["fudge/sieie"], full["mc"]["probes"]["fudge/sieie"])
 
 
-def test_photon_id_is_evaluated_on_the_stage_fields_and_named_when_it_reads_an_undeclared_one(samples, fudge_bundle):
+def test_photon_id_is_evaluated_on_the_stage_fields_and_named_when_it_reads_an_undeclared_one(samples, fudge_bundle, client):
     from coffea.nanoevents import NanoAODSchema, NanoEventsFactory
 
     events = NanoEventsFactory.from_root({samples["mc"][0]: "Events"}, schemaclass=NanoAODSchema, mode="eager").events()
@@ -113,6 +113,19 @@ def test_photon_id_is_evaluated_on_the_stage_fields_and_named_when_it_reads_an_u
     undeclared = TagAndProbeProcessor(fudge_bundle, photon_id=r9_score, photon_id_inputs=("sieie",))
     with pytest.raises(KeyError, match="photon_id read the photon field 'r9', which is not in photon_id_inputs"):
         undeclared.process(events)
+
+    # Under dask the ID only ever sees NumPy columns too (r9_score asserts it): the tracing passes
+    # take its fields from photon_id_inputs and its dtype from zero-length columns.
+    import dask
+
+    lazy = NanoEventsFactory.from_root({samples["mc"][0]: "Events"}, schemaclass=NanoAODSchema, mode="dask").events()
+    (graph,) = dask.compute(
+        TagAndProbeProcessor(fudge_bundle, photon_id=r9_score, photon_id_inputs=("r9",)).process(lazy)["unknown"]["probes"],
+        scheduler=client,
+    )
+    np.testing.assert_array_equal(ak.to_numpy(graph["fudge/mvaID"]), columns["fudge/mvaID"].value)
+    with pytest.raises(KeyError, match="photon_id read the photon field 'r9', which is not in photon_id_inputs"):
+        undeclared.process(lazy)
 
 
 def _loads_by_process(log: Path) -> Counter:

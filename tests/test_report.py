@@ -122,6 +122,19 @@ def test_report_files_and_headline_figures(written):
         assert raw["L1"] > raw["expected_L1"] + 5 * raw["expected_L1_sd"], region
         assert raw["ratio"] == pytest.approx(raw["L1"] / raw["expected_L1"])
         assert raw["expected_L1"] == fudged["expected_L1"]  # a correction does not change the weights
+    # Correlation floors: the expected max |Δρ| of two samples at data's and MC's entries, which
+    # data2's one draw (at data2's entries) does not exceed by much, and raw MC's Spearman does.
+    for region in ("EB", "EE"):
+        correlations = methods["raw"]["correlations"][region]
+        assert correlations == methods["fudge"]["correlations"][region] | {
+            k: v for k, v in correlations.items() if k.startswith("max_abs_delta")
+        }
+        for method in ("pearson", "spearman"):
+            expected, spread = correlations[f"floor_{method}"], correlations[f"floor_{method}_sd"]
+            assert 0 < spread < expected and correlations[f"floor_{method}_data2"] < expected + 3 * spread, (region, method)
+        # (EE has a quarter of EB's probes in this small toy: raw MC is only 2σ above there.)
+        sigmas = 5 if region == "EB" else 1
+        assert correlations["max_abs_delta_spearman"] > correlations["floor_spearman"] + sigmas * correlations["floor_spearman_sd"], region
     assert set(summary["working_points"]) == {"wp80", "wp90"}
     # The printed headline carries the same numbers, one column per stage.
     lines = {line.split("  ")[0]: line.split() for line in report.headline(summary).splitlines()[1:]}
@@ -138,6 +151,10 @@ def test_report_files_and_headline_figures(written):
     identity = methods["fudge"]["photon_id"]["EE"]
     assert lines["ID score L1 EE"][4:6] == [f"{methods[s]['photon_id']['EE']['L1']:.3f}" for s in ("raw", "fudge")]
     assert lines["ID score L1 EE"][10:13] == [f"{identity['expected_L1']:.3f}", "±", f"{identity['expected_L1_sd']:.3f};"]
+    spearman = methods["raw"]["correlations"]["EB"]
+    assert lines["max |Δρ| Spearman EB"][-5:] == [
+        f"{spearman['floor_spearman']:.3f}", "±", f"{spearman['floor_spearman_sd']:.3f};", "data2", f"{spearman['floor_spearman_data2']:.3f}"
+    ]
 
 
 def test_scale_factor_json_validates_and_evaluates(written):

@@ -3,6 +3,8 @@ split-sample variations, TorchScript export, chunking independence, and a small 
 
 from __future__ import annotations
 
+import dataclasses
+
 import awkward as ak
 import dask
 import numpy as np
@@ -12,7 +14,7 @@ from scipy.special import logit, ndtri
 from torch import nn
 
 import egproc
-from egproc import cli, cqr, engine, toy, training
+from egproc import cli, cqr, engine, quantiles, toy, training
 from egproc.quantiles import LEVELS
 
 from conftest import flat, open_events
@@ -245,6 +247,40 @@ def test_held_out_events_choose_the_weights_and_never_train():
     with torch.no_grad():
         dragged = dragging(torch.from_numpy(x[:2000])).numpy()
     assert np.median(dragged[:, -1]) > 10 and not plain.best_steps
+
+
+def test_each_kind_of_network_trains_at_its_own_learning_rate(samples):
+    """Continuous variables' quantile networks, zero-peak tail networks and peak classifiers take
+    ``learning_rate``, ``tail_learning_rate`` and ``classifier_learning_rate``: a rate of zero
+    leaves exactly that kind at its seeded initial weights."""
+    data, mc, _ = cqr.read_samples([samples["data"]], [samples["mc"]])
+
+    def parameters(**rates: float) -> dict[str, dict[str, list[torch.Tensor]]]:
+        settings = dataclasses.replace(TINY, **{"learning_rate": 0.0, "tail_learning_rate": 0.0, "classifier_learning_rate": 0.0, **rates})
+        chain = cqr.train_chain(data["EE"], mc["EE"], cqr.CHAINS["EE"], settings=settings, seed=3, label="EE")
+        kinds: dict[str, dict[str, list[torch.Tensor]]] = {"continuous": {}, "tail": {}, "classifier": {}}
+        for variable, step in zip(cqr.CHAINS["EE"], chain.steps):
+            for name, module in step.named_children():
+                if isinstance(module, cqr.ZeroClassifier):
+                    kind = "classifier"
+                elif isinstance(module, quantiles.QuantileNetwork):
+                    kind = "continuous" if isinstance(step, cqr.MorphStep) else "tail"
+                else:
+                    continue
+                kinds[kind][f"{variable}/{name}"] = [p.detach().clone() for p in module.parameters()]
+        return kinds
+
+    def moved(a: dict[str, list[torch.Tensor]], b: dict[str, list[torch.Tensor]]) -> set[str]:
+        assert a.keys() == b.keys() and a
+        return {key for key in a if not all(torch.equal(x, y) for x, y in zip(a[key], b[key]))}
+
+    frozen = parameters()
+    for rate, kind in (("learning_rate", "continuous"), ("tail_learning_rate", "tail"), ("classifier_learning_rate", "classifier")):
+        trained = parameters(**{rate: 1e-2})
+        for other in frozen:
+            changed = moved(frozen[other], trained[other])
+            # Every network of the kind moved; no network of another kind did.
+            assert changed == (set(frozen[other]) if other == kind else set()), (rate, other, changed)
 
 
 def test_training_the_data_side_in_a_second_thread_gives_the_same_chain(samples):

@@ -1,9 +1,9 @@
 """Calibration of the CQR networks against their training settings, on independent samples.
 
-Trains the data-side networks of one region's chain as :func:`egproc.cqr.train_chain` does (each on
-the conditioning features and data's earlier variables; a zero-peak variable's tail network on
-ln y of its non-zero probes and its peak classifier on all), once per ``--learning-rates`` value
-(every network at that rate), and scores them on the probes of independent data samples. In
+Trains the data-side networks of one region's chain as :func:`egproc.cqr.train_chain` does (on
+the inputs of :func:`egproc.cqr.data_side_steps`; a zero-peak variable's tail network on ln y of
+its non-zero probes and its peak classifier on all), once per ``--learning-rates`` value (every
+network at that rate), and scores them on the probes of independent data samples. In
 every bin with at least ``--min-probes`` probes:
 
 * quantile networks: the fraction of probes below the predicted 1, 5, 10, 20, 50, 80, 90, 95 and
@@ -36,25 +36,6 @@ from egproc.variables import ABS_ETA_EDGES, PT_EDGES
 
 LEVELS_TESTED = (0.01, 0.05, 0.10, 0.20, 0.50, 0.80, 0.90, 0.95, 0.99)
 SUPERMODULE_EDGES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 10.01)
-
-
-def chain_columns(sample: cqr.TrainingSample, variables: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per step, the network inputs and target of the data side of the chain."""
-    features = cqr.ConditionFeatures()
-    with torch.inference_mode():
-        x = features(torch.from_numpy(sample.conditions)).numpy()
-    position = {v: i for i, v in enumerate(variables)}
-    steps = []
-    for i, name in enumerate(variables):
-        y = sample.values[name].astype(np.float32)
-        reference = cqr.ABOVE.get(name)
-        if reference in position and position[reference] < i:
-            y = y - sample.values[reference].astype(np.float32)
-        steps.append((x, y.astype(np.float64)))
-        with torch.inference_mode():
-            column = cqr.chain_input(torch.from_numpy(y), name in cqr.ZERO_PEAK).numpy()
-        x = np.concatenate([x, column[:, None]], axis=1)
-    return steps
 
 
 def bins(sample: cqr.TrainingSample, binning: str) -> list[np.ndarray]:
@@ -129,8 +110,8 @@ def main() -> None:
         for name in ("data", "data2")
     }
     sample = train[args.region]
-    training_steps = chain_columns(sample, variables)
-    test_steps = {name: (chain_columns(s, variables), bins(s, args.binning)) for name, s in tests.items()}
+    training_steps = list(cqr.data_side_steps(sample, variables))
+    test_steps = {name: (list(cqr.data_side_steps(s, variables)), bins(s, args.binning)) for name, s in tests.items()}
     print(
         f"{args.region}: {len(sample):,} training probes; test {', '.join(f'{n} {len(s):,}' for n, s in tests.items())}; "
         f"{args.steps} steps, hidden {tuple(args.hidden)}; χ²/ndf per ({args.binning}) bin, test samples "

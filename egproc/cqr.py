@@ -150,6 +150,7 @@ __all__ = [
     "reexport",
     "TrainingSample",
     "train_chain",
+    "data_side_steps",
     "read_samples",
     "train",
 ]
@@ -994,6 +995,44 @@ def _features(conditions: np.ndarray, features: ConditionFeatures) -> np.ndarray
         return features(torch.from_numpy(np.ascontiguousarray(conditions, dtype=np.float32))).numpy()
 
 
+def _references(variables: Sequence[str]) -> list[int]:
+    """Per step, the earlier variable it is corrected as an excess over (:data:`ABOVE`), or -1."""
+    position = {name: i for i, name in enumerate(variables)}
+    return [position[ABOVE[v]] if v in ABOVE and ABOVE[v] in position and position[ABOVE[v]] < i else -1
+            for i, v in enumerate(variables)]
+
+
+def _target(sample: TrainingSample, variables: Sequence[str], references: Sequence[int], i: int) -> np.ndarray:
+    """What step i's models learn: the variable, or its excess over its reference."""
+    name = variables[i]
+    if references[i] < 0:
+        return sample.values[name].astype(np.float64)
+    # The excess, in float32 as the exported chain computes it.
+    reference = sample.values[variables[references[i]]].astype(np.float32)
+    return (sample.values[name].astype(np.float32) - reference).astype(np.float64)
+
+
+def _chain_column(values: np.ndarray, name: str) -> np.ndarray:
+    """A treated variable as a column of the later steps' inputs (:func:`chain_input`)."""
+    with torch.inference_mode():
+        return chain_input(torch.from_numpy(values.astype(np.float32)), name in ZERO_PEAK).numpy()[:, None]
+
+
+def data_side_steps(
+    sample: TrainingSample, variables: Sequence[str], features: ConditionFeatures | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Per chain step, the inputs x and the target y of the step's data models: x is the
+    conditioning features followed by data's own earlier variables (module docstring); y is the
+    variable, or its excess over its :data:`ABOVE` reference (zero-peak models then take its tail
+    and peak from y)."""
+    references = _references(variables)
+    x = _features(sample.conditions, features or ConditionFeatures())
+    for i, name in enumerate(variables):
+        y = _target(sample, variables, references, i)
+        yield x, y
+        x = np.concatenate([x, _chain_column(y, name)], axis=1)
+
+
 def train_chain(
     data: TrainingSample,
     mc: TrainingSample,
@@ -1033,21 +1072,8 @@ def train_chain(
         (len(mc), len(zero_peak)), dtype=np.float32
     )
     position = {name: i for i, name in enumerate(variables)}
-    references = [position[ABOVE[v]] if v in ABOVE and ABOVE[v] in position and position[ABOVE[v]] < i else -1
-                  for i, v in enumerate(variables)]
+    references = _references(variables)
     is_follower = [FOLLOWS.get(v) in position and position[FOLLOWS[v]] < i for i, v in enumerate(variables)]
-
-    def target(sample: TrainingSample, i: int) -> np.ndarray:
-        name = variables[i]
-        if references[i] < 0:
-            return sample.values[name].astype(np.float64)
-        # The excess, in float32 as the exported chain computes it.
-        reference = sample.values[variables[references[i]]].astype(np.float32)
-        return (sample.values[name].astype(np.float32) - reference).astype(np.float64)
-
-    def chain_column(values: np.ndarray, name: str) -> np.ndarray:
-        with torch.inference_mode():
-            return chain_input(torch.from_numpy(values.astype(np.float32)), name in ZERO_PEAK).numpy()[:, None]
 
     def fit_step(x: np.ndarray, y: np.ndarray, weight: np.ndarray, held_out: np.ndarray, i: int, kind: str) -> tuple[nn.Module, ...]:
         """The models of step i for one sample: quantiles, or tail quantiles and a peak classifier."""
@@ -1069,11 +1095,8 @@ def train_chain(
     held_out_data, held_out_mc = training.held_out_events(data.event), training.held_out_events(mc.event)
 
     def fit_data_side() -> Iterator[tuple[nn.Module, ...]]:
-        x = _features(data.conditions, features)
-        for i, name in enumerate(variables):
-            y = target(data, i)
+        for i, (x, y) in enumerate(data_side_steps(data, variables, features)):
             yield fit_step(x, y, data.weight, held_out_data, i, "data")
-            x = np.concatenate([x, chain_column(y, name)], axis=1)
 
     x_mc = _features(mc.conditions, features)
     n_features = x_mc.shape[1]
@@ -1082,7 +1105,7 @@ def train_chain(
     ranges: list[tuple[float, float]] = []
     with _DataSide(fit_data_side(), concurrent and regressor == "nn", device) as data_side:
         for i, name in enumerate(variables):
-            y_data, y_mc = target(data, i), target(mc, i)
+            y_data, y_mc = _target(data, variables, references, i), _target(mc, variables, references, i)
             mc_models = fit_step(x_mc, y_mc, mc.weight, held_out_mc, i, "mc")
             data_models = data_side.next()
             if name not in ZERO_PEAK:
@@ -1110,7 +1133,7 @@ def train_chain(
                 corrected = corrected + corrected_mc[references[i]]
             corrected_mc.append(corrected)
             steps.append(step)
-            x_mc = np.concatenate([x_mc, chain_column(corrected, name)], axis=1)
+            x_mc = np.concatenate([x_mc, _chain_column(corrected, name)], axis=1)
     if best_steps is not None:
         best_steps.update(fits.best_steps)
     return Chain(

@@ -11,14 +11,16 @@ every bin with at least ``--min-probes`` probes:
 * peak classifiers: χ² = Σ (zeros − Σ p)² / Σ p(1 − p).
 
 Printed per degree of freedom, one column per rate and test sample: a network that has learned
-the conditional distribution scores about 1. Bins are (pT, |η_SC|) bins of the report, or with
-``--binning supermodule`` (barrel) the distance to the nearest super-module boundary in φ.
+the conditional distribution scores about 1. ``--regressor bdt`` scores the BDTs of the reference
+implementation (``regressor="bdt"`` of :func:`egproc.cqr.train_chain`) instead, in one column.
+Bins are (pT, |η_SC|) bins of the report, or with ``--binning supermodule`` (barrel) the distance
+to the nearest super-module boundary in φ.
 
     python benchmarks/cqr_calibration.py --train TOY --test WORKDIR/samples --region EB
 
-``--train``: toy files ``data_*.root`` and ``mc_*.root`` (the shipped bundle's: ``egproc generate
---events 1000000 --seed 2026 --files-per-sample 2``); ``--test``: ``data_*.root``, ``data2_*.root``
-and ``mc_*.root`` of another toy seed (``egproc run`` writes them to WORKDIR/samples).
+``--train``: toy files ``data[_*].root`` and ``mc[_*].root`` (the shipped bundle's: ``egproc generate
+--events 1000000 --seed 2026 --files-per-sample 2``); ``--test``: ``data``, ``data2`` and ``mc`` files
+of another toy seed (``egproc run`` writes them to WORKDIR/samples).
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ def main() -> None:
     parser.add_argument("--test", type=Path, required=True, help="folder of independent data_*, data2_*, mc_* toy files")
     parser.add_argument("--region", choices=tuple(cqr.CHAINS), default="EB")
     parser.add_argument("--variables", nargs="+", help="chain variables to score (default: all)")
+    parser.add_argument("--regressor", choices=("nn", "bdt"), default="nn", help="bdt: the reference's BDTs (one column)")
     parser.add_argument("--learning-rates", type=float, nargs="+", default=[3e-3, 1e-2])
     parser.add_argument("--steps", type=int, default=cqr.Settings.steps)
     parser.add_argument("--hidden", type=int, nargs="+", default=list(cqr.Settings.hidden))
@@ -94,9 +97,10 @@ def main() -> None:
     warnings.filterwarnings("ignore", "Missing cross-reference index", RuntimeWarning)
 
     def files(folder: Path, sample: str) -> list[Path]:
-        found = sorted(folder.glob(f"{sample}_*.root"))
+        # egproc generate writes <sample>.root with one file per sample, <sample>_<k>.root with more.
+        found = sorted(folder.glob(f"{sample}_*.root")) or sorted(folder.glob(f"{sample}.root"))
         if not found:
-            raise SystemExit(f"no {sample}_*.root in {folder}")
+            raise SystemExit(f"no {sample}.root or {sample}_*.root in {folder}")
         return found
 
     variables = list(cqr.CHAINS[args.region])
@@ -124,12 +128,12 @@ def main() -> None:
         zero_peak = name in cqr.ZERO_PEAK
         tail = y > 0 if zero_peak else np.ones(len(y), dtype=bool)
         line = f"{name:22s}"
-        for rate in args.learning_rates:
+        for rate in args.learning_rates if args.regressor == "nn" else [0.0]:
             settings = cqr.Settings(
                 hidden=tuple(args.hidden), steps=args.steps, classifier_steps=args.steps,
                 learning_rate=rate, tail_learning_rate=rate, classifier_learning_rate=rate,
             )
-            fits = cqr._Regressors("nn", settings, "cpu", lambda _: None)
+            fits = cqr._Regressors(args.regressor, settings, "cpu", lambda _: None)
             no_held_out = np.zeros(len(y), dtype=bool)
             start = time.perf_counter()
             network = fits.quantiles(
@@ -150,7 +154,8 @@ def main() -> None:
                 if classifier is not None:
                     score += f" (peak {classifier_chi2(classifier, x_test, ~in_tail, selections, args.min_probes):.2f})"
                 scores.append(score)
-            line += f" | {rate:g}: {' / '.join(scores)} [{seconds:.0f} s]"
+            setting = f"{rate:g}" if args.regressor == "nn" else "bdt"
+            line += f" | {setting}: {' / '.join(scores)} [{seconds:.0f} s]"
         print(line, flush=True)
     print("done")
 

@@ -82,7 +82,7 @@ def classifier_chi2(classifier: torch.nn.Module, x: np.ndarray, is_zero: np.ndar
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=Path, required=True, help="folder of toy data_*.root and mc_*.root to train on")
-    parser.add_argument("--test", type=Path, required=True, help="folder of independent data_*, data2_*, mc_* toy files")
+    parser.add_argument("--test", type=Path, required=True, help="folder of independent data, data2 and mc toy files")
     parser.add_argument("--region", choices=tuple(cqr.CHAINS), default="EB")
     parser.add_argument("--variables", nargs="+", help="chain variables to score (default: all)")
     parser.add_argument("--regressor", choices=("nn", "bdt"), default="nn", help="bdt: the reference's BDTs (one column)")

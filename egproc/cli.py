@@ -46,8 +46,9 @@ def _train_network_method(args: argparse.Namespace) -> None:
 
     method = importlib.import_module(f"egproc.{args.method}")
     given = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(method.Settings)}
-    if given.get("hidden") is not None:
-        given["hidden"] = tuple(given["hidden"])
+    for name in ("hidden", "sweep_hidden"):
+        if given.get(name) is not None:
+            given[name] = tuple(given[name])
     settings = method.Settings(**{k: v for k, v in given.items() if v is not None})
     notes = dict(item.split("=", 1) for item in args.provenance)
     folder = method.train(
@@ -155,7 +156,12 @@ def _parser() -> argparse.ArgumentParser:
     flow = methods.add_parser("flow", help="one normalizing flow with a data/MC switch (TorchScript module per region)")
     _training_arguments(flow, "toy-flow")
     flow.add_argument("--steps", type=int, help="optimiser steps per flow (default: egproc.flow.Settings)")
-    flow.add_argument("--transforms", type=int, help="spline coupling layers")
+    flow.add_argument("--transforms", type=int, help="spline coupling layers (after the sweep, if any)")
+    flow.add_argument(
+        "--switch", choices=("sweep", "every-layer"),
+        help="where the data/MC switch enters: a sweep of one layer per variable before the shared layers, or every layer",
+    )
+    flow.add_argument("--sweep-hidden", type=int, nargs="+", help="hidden layer sizes of the sweep's conditioners")
     flow.add_argument("--bins", type=int, help="spline bins per transformed feature")
     flow.add_argument("--hidden", type=int, nargs="+", help="hidden layer sizes of the coupling conditioners")
     flow.add_argument("--batch-size", type=int)

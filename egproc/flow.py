@@ -13,6 +13,22 @@ triangular structure, and it moves all D variables jointly: correlations are cor
 marginals, with no chain to order. f is the neural spline flow of :mod:`egproc.nsf` (Durkan et
 al. 2019): coupling layers of monotonic rational-quadratic splines, so f⁻¹ is one pass as well.
 
+**Where the switch enters** (:class:`SwitchedFlow`). Only the first coupling layers, nearest x,
+see s; the layers after them are shared by data and MC (they see c only): f_s = G ∘ H_s. Then
+
+    f_1⁻¹ ∘ f_0 = H_1⁻¹ ∘ G⁻¹ ∘ G ∘ H_0 = H_1⁻¹ ∘ H_0,
+
+so the correction never evaluates G, exactly (not approximately), and costs H twice instead of
+the whole flow twice. H_s maps data and MC onto one intermediate density, which G models for
+both: the data/MC difference has to live in H, G carries what the samples share. H must then be
+able to change how any two variables depend on each other, and a coupling layer cannot do that
+for two variables it transforms together (each spline sees only the other half). So H is a
+*sweep*: one coupling layer per variable, each transforming its variable given all the others,
+c and s, in CQR's order; its conditioners are small, since each predicts one spline. On the
+toy, H as the first pair of halves instead left H/E and the isolations (one half) correlated as
+in MC (README, "One normalizing flow"). ``Settings.switch = "every-layer"`` gives the plain flow
+of the paper, the switch in every layer and no G.
+
 **Encoding.** The flow sees every variable through a fixed, invertible per-variable map
 (:class:`Encoding`), fitted on the pooled training sample:
 
@@ -74,6 +90,7 @@ __all__ = [
     "PEAK_WIDTH",
     "Settings",
     "Encoding",
+    "SwitchedFlow",
     "FlowCorrection",
     "train_flow",
     "train",
@@ -88,13 +105,23 @@ PEAK_WIDTH = 1.0
 SCORE_RANGE = 4.0
 #: Number of context features: the CQR conditioning features and the data/MC switch.
 N_CONTEXT = 8
+#: Where the data/MC switch can enter the flow (``Settings.switch``).
+SWITCHES = ("sweep", "every-layer")
 
 
 @dataclass(frozen=True)
 class Settings:
     """Flow shape and training schedule (defaults: the shipped toy bundle)."""
 
-    transforms: int = 6
+    #: Coupling layers of :class:`egproc.nsf.SplineFlow` (pairs over halves of the variables).
+    transforms: int = 4
+    #: Where the data/MC switch enters (:class:`SwitchedFlow`): "sweep", a sweep of one switched
+    #: coupling layer per variable in front of the ``transforms`` layers, which are shared by data
+    #: and MC and cancel out of the correction; "every-layer", each of the ``transforms`` layers
+    #: (the plain flow of the paper).
+    switch: str = "sweep"
+    #: Hidden layer sizes of the sweep's conditioners.
+    sweep_hidden: tuple[int, ...] = (32, 32)
     bins: int = 8
     hidden: tuple[int, ...] = (64, 64)
     steps: int = 5000
@@ -107,6 +134,10 @@ class Settings:
     evaluate_every: int = 250
     #: Evaluations in a row without improvement that end training early (0: run all steps).
     patience: int = 4
+
+    def __post_init__(self) -> None:
+        if self.switch not in SWITCHES:
+            raise ValueError(f"switch must be one of {SWITCHES}, got {self.switch!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -184,6 +215,77 @@ class Encoding(nn.Module):
         return torch.where(self.zero_peak, torch.where(v > 0.0, tail, torch.zeros_like(v)), v)
 
 
+class SwitchedFlow(nn.Module):
+    """Conditional density of x [n, D] given context [n, C + 1] whose last column is the data/MC
+    switch s: z = f(x | c, s) = G(H(x | c, s) | c) (module docstring, "Where the switch enters").
+
+    With ``sweep``, H is one coupling layer per feature, in column order, each transforming its
+    feature given all the others, c and s (conditioners of ``sweep_hidden`` units), and G is the
+    ``transforms`` coupling layers of :meth:`egproc.nsf.SplineFlow.masks`, which see c only.
+    Without, H is those ``transforms`` layers, each seeing s, and there is no G.
+    :meth:`correct` is f⁻¹(f(x | c, 0) | c, 1) = H⁻¹(H(x | c, 0) | c, 1): G cancels.
+    """
+
+    def __init__(
+        self,
+        features: int,
+        context: int,
+        transforms: int = 4,
+        bins: int = 8,
+        hidden: Sequence[int] = (64, 64),
+        seed: int | None = None,
+        sweep: bool = True,
+        sweep_hidden: Sequence[int] = (32, 32),
+    ):
+        super().__init__()
+        if context < 1:
+            raise ValueError("the context must hold at least the switch column")
+        self.features = features
+        if sweep:
+            one_each = [[j == i for j in range(features)] for i in range(features)]
+            self.switch = nsf.SplineFlow(features, context, features, bins, sweep_hidden, seed=seed, masks=one_each)
+        else:
+            self.switch = nsf.SplineFlow(features, context, transforms, bins, hidden, seed=seed)
+        # A list of none or one flow: TorchScript has no optional submodules.
+        self.shared = nn.ModuleList(
+            [nsf.SplineFlow(features, context - 1, transforms, bins, hidden, seed=None if seed is None else seed + 1)]
+            if sweep
+            else []
+        )
+
+    @torch.jit.export
+    def transform(
+        self, x: torch.Tensor, context: torch.Tensor, log_det: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [n, D] → (z [n, D], log |det ∂z/∂x| [n]), through every layer."""
+        z, logdet = self.switch.transform(x, context, log_det)
+        for shared in self.shared:
+            z, shared_logdet = shared.transform(z, context[:, :-1], log_det)
+            logdet = logdet + shared_logdet
+        return z, logdet
+
+    @torch.jit.export
+    def inverse(self, z: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """z [n, D] → x [n, D] with f(x | c, s) = z, through every layer."""
+        for shared in self.shared:
+            z = shared.inverse(z, context[:, :-1])
+        return self.switch.inverse(z, context)
+
+    @torch.jit.export
+    def correct(self, x: torch.Tensor, mc_context: torch.Tensor, data_context: torch.Tensor) -> torch.Tensor:
+        """f⁻¹(f(x | c, s = 0) | c, s = 1) [n, D], the shared layers left out (they cancel)."""
+        return self.switch.inverse(self.switch.transform(x, mc_context, False)[0], data_context)
+
+    @torch.jit.export
+    def log_prob(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """log p(x | c, s) [n]."""
+        z, logdet = self.transform(x, context, True)
+        return logdet - 0.5 * (z * z).sum(dim=1) - 0.5 * self.features * math.log(2.0 * math.pi)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self.log_prob(x, context)
+
+
 class FlowCorrection(nn.Module):
     """One region's complete flow correction:
     float32 [pT, η_SC, φ, ρ, y_1…y_D, u_1…u_m] → corrected [y_1…y_D] (module docstring).
@@ -202,7 +304,7 @@ class FlowCorrection(nn.Module):
         context_mean: Sequence[float],
         context_scale: Sequence[float],
         encoding: Encoding,
-        flow: nsf.SplineFlow,
+        flow: SwitchedFlow,
         references: Sequence[int],
         leaders: Sequence[int],
         ranges: Sequence[tuple[float, float]],
@@ -237,8 +339,8 @@ class FlowCorrection(nn.Module):
         raw = inputs[:, n_conditions : n_conditions + self.n_variables]
         uniforms = inputs[:, n_conditions + self.n_variables :]
         encoded = self.encoding.encode(as_modelled(raw, self.references), uniforms)
-        z, _ = self.flow.transform(encoded, self.context(conditions, 0.0), False)
-        decoded = self.encoding.decode(self.flow.inverse(z, self.context(conditions, 1.0))).unbind(1)
+        moved = self.flow.correct(encoded, self.context(conditions, 0.0), self.context(conditions, 1.0))
+        decoded = self.encoding.decode(moved).unbind(1)
         corrected: list[torch.Tensor] = []
         for i in range(self.n_variables):
             value = decoded[i].clamp(self.lows[i], self.highs[i])
@@ -263,7 +365,7 @@ def as_modelled(raw: torch.Tensor, references: list[int]) -> torch.Tensor:
 class _LogLikelihood(nn.Module):
     """Training view of the flow: [features | context] [n, D + C] → log p [n]."""
 
-    def __init__(self, flow: nsf.SplineFlow):
+    def __init__(self, flow: SwitchedFlow):
         super().__init__()
         self.flow = flow
 
@@ -330,8 +432,9 @@ def train_flow(
     pooled = np.concatenate([x_data, x_mc]).astype(np.float64)
     context_scale = pooled.std(axis=0)
     context_scale = np.where(context_scale > 0, context_scale, 1.0)
-    flow = nsf.SplineFlow(
-        len(variables), N_CONTEXT, settings.transforms, settings.bins, settings.hidden, seed=cqr._seed(seed, label, "flow")
+    flow = SwitchedFlow(
+        len(variables), N_CONTEXT, settings.transforms, settings.bins, settings.hidden,
+        seed=cqr._seed(seed, label, "flow"), sweep=settings.switch == "sweep", sweep_hidden=settings.sweep_hidden,
     )
     correction = FlowCorrection(
         features, pooled.min(axis=0), pooled.max(axis=0), pooled.mean(axis=0), context_scale, encoding, flow,

@@ -257,8 +257,9 @@ class SplineFlow(nn.Module):
 
     ``transforms`` coupling layers of ``bins`` spline bins on [−``bound``, ``bound``] with
     ``hidden`` conditioner layers; ``seed`` fixes the initial weights. The mask permutations are
-    fixed (they depend on ``features`` and ``transforms`` only), so two flows of the same shape
-    share their structure whatever their seeds. Untrained, the flow is the identity.
+    fixed (by default :meth:`masks`, which depend on ``features`` and ``transforms`` only), so two
+    flows of the same shape share their structure whatever their seeds; ``masks`` gives each
+    layer's transformed features instead. Untrained, the flow is the identity.
     ``forward`` is ``log_prob``.
     """
 
@@ -271,15 +272,19 @@ class SplineFlow(nn.Module):
         hidden: Sequence[int] = (64, 64),
         bound: float = 5.0,
         seed: int | None = None,
+        masks: Sequence[Sequence[bool]] | None = None,
     ):
         super().__init__()
         if features < 1 or context < 0 or transforms < 1:
             raise ValueError(
                 f"need features ≥ 1, context ≥ 0, transforms ≥ 1; got {features}, {context}, {transforms}"
             )
+        if masks is None:
+            masks = self.masks(features, transforms)
+        elif len(masks) != transforms:
+            raise ValueError(f"{len(masks)} masks for {transforms} transforms")
         self.features = features
         self.context = context
-        masks = self.masks(features, transforms)
         with training.seeded(seed):
             self.layers = nn.ModuleList(
                 [CouplingLayer(features, context, mask, bins, hidden, bound) for mask in masks]

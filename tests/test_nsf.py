@@ -182,6 +182,11 @@ def test_masks_transform_every_feature_once_per_pair_and_seed_fixes_weights_only
     assert len({tuple(m) for m in masks[::2]}) == 3  # later pairs are permuted
     assert SplineFlow.masks(1, 3) == [[True]] * 3
     assert masks == SplineFlow.masks(5, 6)
+    # Masks given are the layers' masks.
+    given = SplineFlow(5, 2, transforms=4, masks=masks[2:])
+    assert [[i in layer.transform_index.tolist() for i in range(5)] for layer in given.layers] == masks[2:]
+    with pytest.raises(ValueError, match="3 masks for 4 transforms"):
+        SplineFlow(5, 2, transforms=4, masks=masks[:3])
 
     state = torch.random.get_rng_state()
     a, b, c = SplineFlow(3, 2, seed=1), SplineFlow(3, 2, seed=1), SplineFlow(3, 2, seed=2)

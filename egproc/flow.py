@@ -280,7 +280,7 @@ class SwitchedFlow(nn.Module):
     def log_prob(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """log p(x | c, s) [n]."""
         z, logdet = self.transform(x, context, True)
-        return logdet - 0.5 * (z * z).sum(dim=1) - 0.5 * self.features * math.log(2.0 * math.pi)
+        return logdet - 0.5 * (z * z).sum(dim=1) - self.switch.log_normaliser
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         return self.log_prob(x, context)

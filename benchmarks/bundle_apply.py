@@ -1,13 +1,17 @@
-"""``bundle.apply`` of the shipped CQR bundle alone, one thread, against another export of it.
+"""``bundle.apply`` of one bundle alone, one thread, against another export of it.
 
 Times the correction of the tag-and-probe probes of a toy MC sample, eagerly in this process with
-``torch.set_num_threads(1)``, for ``corrections/toy-cqr`` and, with ``--baseline``, another bundle
-folder (e.g. the previous, unfused export: ``git archive 5c59341 corrections/toy-cqr | tar -x -C
-/tmp/before``). The bundles run in alternating rounds, so that a machine shared with other jobs
-slows both alike; both wall time and the thread's CPU time are reported (the CPU time is what to
-compare where other processes take cores), best of ``--repeat`` and the median ratio of the rounds.
+``torch.set_num_threads(1)``, for ``--bundle`` (default: the shipped ``corrections/toy-cqr``) and,
+with ``--baseline``, another bundle folder (e.g. the previous export of the same method:
+``git archive 5c59341 corrections/toy-cqr | tar -x -C /tmp/before``). The bundles run in
+alternating rounds, so that a machine shared with other jobs slows both alike; both wall time and
+the thread's CPU time are reported (the CPU time is what to compare where other processes take
+cores), best of ``--repeat`` and the median ratio of the rounds. Run it under
+``egproc.pipeline.WORKER_ENVIRONMENT`` (``MALLOC_MMAP_THRESHOLD_``) and dask's
+``MALLOC_TRIM_THRESHOLD_=65536`` to time what a dask worker sees.
 
-    python benchmarks/cqr_apply.py --events 100000 --baseline /tmp/before/corrections/toy-cqr
+    python benchmarks/bundle_apply.py --events 100000 --baseline /tmp/before/corrections/toy-cqr
+    python benchmarks/bundle_apply.py --bundle corrections/toy-flow --baseline /tmp/before/corrections/toy-flow
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import torch
 import egproc
 from egproc import toy
 
-SHIPPED = Path(__file__).resolve().parents[1] / "corrections" / "toy-cqr"
+SHIPPED_CQR = Path(__file__).resolve().parents[1] / "corrections" / "toy-cqr"
 
 
 def main() -> None:
@@ -37,12 +41,13 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--variation", default="nominal")
-    parser.add_argument("--baseline", type=Path, help="another CQR bundle folder to time in alternation")
+    parser.add_argument("--bundle", type=Path, default=SHIPPED_CQR, help="the bundle folder to time (default: the shipped CQR)")
+    parser.add_argument("--baseline", type=Path, help="another bundle folder to time in alternation")
     args = parser.parse_args()
 
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", module="coffea")
-    bundles = {"shipped": egproc.load(SHIPPED, device="cpu")}
+    bundles = {"bundle": egproc.load(args.bundle, device="cpu")}
     if args.baseline is not None:
         bundles["baseline"] = egproc.load(args.baseline, device="cpu")
     with tempfile.TemporaryDirectory() as tmp:
@@ -72,9 +77,9 @@ def main() -> None:
         )
     if "baseline" in bundles:
         for clock, times in (("wall", wall), ("CPU", cpu)):
-            ratios = [b / s for b, s in zip(times["baseline"], times["shipped"])]
+            ratios = [b / s for b, s in zip(times["baseline"], times["bundle"])]
             print(
-                f"  shipped / baseline throughput, {clock}: best {min(times['baseline']) / min(times['shipped']):.2f}, "
+                f"  bundle / baseline throughput, {clock}: best {min(times['baseline']) / min(times['bundle']):.2f}, "
                 f"median of rounds {statistics.median(ratios):.2f}"
             )
 

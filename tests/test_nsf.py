@@ -136,7 +136,7 @@ def test_spline_matches_zuko_monotonic_rqs_on_the_same_knots(bins, bound):
 
 
 @pytest.mark.parametrize("inverse", [False, True])
-def test_spline_with_rows_last_gives_the_floats_of_bins_last(inverse):
+def test_spline_with_rows_last_is_the_map_with_bins_last(inverse):
     """The layout CouplingLayer uses (dim = −2: inputs [T, n], parameters [T, K, n]) is a speed
     choice only: the same map as bins last, in value and log-derivative, outside B included. Only
     the summation order of the K bin sizes differs, so the two agree to rounding (float64 here: in

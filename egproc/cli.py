@@ -162,6 +162,7 @@ def _parser() -> argparse.ArgumentParser:
         help="where the data/MC switch enters: a sweep of one layer per variable before the shared layers, or every layer",
     )
     flow.add_argument("--sweep-hidden", type=int, nargs="+", help="hidden layer sizes of the sweep's conditioners")
+    flow.add_argument("--sweep-activation", choices=("relu", "silu"), help="hidden activation of the sweep's conditioners")
     flow.add_argument("--bins", type=int, help="spline bins per transformed feature")
     flow.add_argument("--hidden", type=int, nargs="+", help="hidden layer sizes of the coupling conditioners")
     flow.add_argument("--batch-size", type=int)

@@ -61,7 +61,7 @@ LEVELS: tuple[float, ...] = (0.01, *(round(0.05 * k, 2) for k in range(1, 20)), 
 
 
 def hidden_layers(n_inputs: int, hidden: Sequence[int]) -> tuple[list[nn.Module], int]:
-    """The SiLU hidden stack every egproc MLP uses, and the width of its last layer."""
+    """The SiLU hidden stack of the quantile networks and classifiers, and the width of its last layer."""
     layers: list[nn.Module] = []
     width = n_inputs
     for size in hidden:

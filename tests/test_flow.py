@@ -67,6 +67,28 @@ def test_encoding_dequantises_the_peak_and_decodes_it_to_exact_zeros():
     assert np.all(decoded[peak, 1] == 0.0)
 
 
+def test_decoding_finds_its_segment_on_the_score_grid_as_the_binary_search_does():
+    """decode finds the segment of a normal score by arithmetic on the evenly spaced scores; it
+    must be the interpolation the binary search gives: at and between the knots, continued
+    linearly beyond the outer ones, and a NaN passed through rather than an index out of range."""
+    rng = np.random.default_rng(3)
+    scores = np.linspace(-flow.SCORE_RANGE, flow.SCORE_RANGE, 81)
+    knots = np.sort(rng.standard_t(3, size=(3, 81)), axis=1)  # irregular knot spacing
+    encoding = flow.Encoding([False, False, False], [1.0, 1.0, 1.0], knots, scores)
+    features = torch.from_numpy(
+        np.concatenate([rng.uniform(-7.0, 7.0, (2000, 3)), np.repeat(scores[:, None], 3, axis=1)]).astype(np.float32)
+    )
+    features[0] = torch.tensor([float("nan"), -9.5, 9.5])
+    with torch.inference_mode():
+        decoded = encoding.decode(features)
+        expected = flow._piecewise_linear(features, encoding.scores, encoding.knots)
+    assert torch.isnan(decoded[0, 0]) and not torch.isnan(decoded[1:]).any()
+    torch.testing.assert_close(decoded, expected, rtol=1e-5, atol=1e-5, equal_nan=True)
+    assert float((features.abs() > flow.SCORE_RANGE).float().mean()) > 0.3
+    with pytest.raises(ValueError, match="evenly spaced"):
+        flow.Encoding([False], [1.0], knots[:1, :3], np.array([-1.0, 0.0, 2.0]))
+
+
 def test_an_untrained_flow_is_the_identity_correction():
     """f is the identity at initialisation for both switch values, so the correction must give
     back every raw value (within the float32 round trip of the encoding) and keep every zero."""

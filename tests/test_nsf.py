@@ -12,7 +12,8 @@ import torch
 from torch.nn import functional as F
 
 from egproc.nsf import (
-    MIN_BIN_HEIGHT, MIN_BIN_WIDTH, MIN_DERIVATIVE, CouplingLayer, SplineFlow, rational_quadratic_spline,
+    MIN_BIN_HEIGHT, MIN_BIN_WIDTH, MIN_DERIVATIVE, CouplingLayer, SplineFlow, packed_rational_quadratic_spline,
+    rational_quadratic_spline,
 )
 
 zuko = pytest.importorskip("zuko")
@@ -48,9 +49,10 @@ def standardised_inputs(n: int, features: int, context: int, dtype: torch.dtype,
     return x, torch.randn(n, context, generator=generator, dtype=dtype)
 
 
+@pytest.mark.parametrize("activation", ["silu", "relu"])
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.float64, 1e-11)])
-def test_inverse_undoes_transform_inside_and_outside_the_spline_range(dtype, tolerance):
-    flow = randomised(SplineFlow(4, 2, transforms=6, seed=3)).to(dtype)
+def test_inverse_undoes_transform_inside_and_outside_the_spline_range(dtype, tolerance, activation):
+    flow = randomised(SplineFlow(4, 2, transforms=6, seed=3, activation=activation)).to(dtype)
     x, context = standardised_inputs(2000, 4, 2, dtype)
     with torch.no_grad():
         z, logdet = flow.transform(x, context)
@@ -60,8 +62,9 @@ def test_inverse_undoes_transform_inside_and_outside_the_spline_range(dtype, tol
     torch.testing.assert_close(back, x, rtol=0.0, atol=tolerance)
 
 
-def test_log_determinant_equals_autograd_jacobian_per_row():
-    flow = randomised(SplineFlow(3, 2, transforms=4, hidden=(16, 16), seed=5), std=0.2).double()
+@pytest.mark.parametrize("activation", ["silu", "relu"])
+def test_log_determinant_equals_autograd_jacobian_per_row(activation):
+    flow = randomised(SplineFlow(3, 2, transforms=4, hidden=(16, 16), seed=5, activation=activation), std=0.2).double()
     x, context = standardised_inputs(12, 3, 2, torch.float64, seed=2)
     _, logdet = flow.transform(x, context)
     jacobian = torch.autograd.functional.jacobian(lambda inputs: flow.transform(inputs, context)[0], x)
@@ -88,7 +91,7 @@ def test_spline_inverse_log_derivative_is_the_autograd_one():
     torch.testing.assert_close(forward_log_derivative, -log_derivative, rtol=0.0, atol=1e-10)
 
 
-def zuko_parameters(widths, heights, derivatives, slope):
+def zuko_parameters(widths, heights, derivatives, slope, min_bin_width=MIN_BIN_WIDTH, min_bin_height=MIN_BIN_HEIGHT):
     """zuko's unconstrained parameters for the same spline as ours.
 
     zuko (≥ 1.2) soft-clips its inputs, u ↦ u / (1 + |2u / ln slope|) for widths and heights and
@@ -110,20 +113,25 @@ def zuko_parameters(widths, heights, derivatives, slope):
         return unclip(log_sizes - log_sizes.mean(dim=-1, keepdim=True), radius / 2)
 
     slopes = MIN_DERIVATIVE + F.softplus(derivatives + math.log(math.expm1(1.0 - MIN_DERIVATIVE)))
-    return logits(widths, MIN_BIN_WIDTH), logits(heights, MIN_BIN_HEIGHT), unclip(slopes.log(), radius)
+    return logits(widths, min_bin_width), logits(heights, min_bin_height), unclip(slopes.log(), radius)
 
 
-@pytest.mark.parametrize("bins, bound", [(8, 5.0), (3, 2.5)])
-def test_spline_matches_zuko_monotonic_rqs_on_the_same_knots(bins, bound):
+@pytest.mark.parametrize(
+    "bins, bound, min_bin_width, min_bin_height",
+    # The last pair of floors differ, with sizes that reach them: each must act on its own axis.
+    [(8, 5.0, MIN_BIN_WIDTH, MIN_BIN_HEIGHT), (3, 2.5, MIN_BIN_WIDTH, MIN_BIN_HEIGHT), (5, 4.0, 0.02, 0.15)],
+)
+def test_spline_matches_zuko_monotonic_rqs_on_the_same_knots(bins, bound, min_bin_width, min_bin_height):
     generator = torch.Generator().manual_seed(bins)
     n = 3000
     widths, heights = (2.0 * torch.randn(n, bins, generator=generator, dtype=torch.float64) for _ in range(2))
     derivatives = 2.0 * torch.randn(n, bins - 1, generator=generator, dtype=torch.float64)
     x = 1.3 * bound * (2.0 * torch.rand(n, generator=generator, dtype=torch.float64) - 1.0)  # ~23 % outside
-    parameters = zuko_parameters(widths, heights, derivatives, 1e-30)
+    floors = {"min_bin_width": min_bin_width, "min_bin_height": min_bin_height}
+    parameters = zuko_parameters(widths, heights, derivatives, 1e-30, **floors)
     reference = zuko.transforms.MonotonicRQSTransform(*parameters, bound=bound, slope=1e-30)
 
-    y, log_derivative = rational_quadratic_spline(x, widths, heights, derivatives, bound=bound)
+    y, log_derivative = rational_quadratic_spline(x, widths, heights, derivatives, bound=bound, **floors)
     torch.testing.assert_close(y, reference(x), rtol=0.0, atol=1e-12)
     torch.testing.assert_close(log_derivative, reference.log_abs_det_jacobian(x, y), rtol=0.0, atol=1e-10)
     outside = x.abs() > bound
@@ -131,7 +139,7 @@ def test_spline_matches_zuko_monotonic_rqs_on_the_same_knots(bins, bound):
     assert float((y - x).abs().max()) > 1.0
 
     target = 1.3 * bound * (2.0 * torch.rand(n, generator=generator, dtype=torch.float64) - 1.0)
-    back, _ = rational_quadratic_spline(target, widths, heights, derivatives, inverse=True, bound=bound)
+    back, _ = rational_quadratic_spline(target, widths, heights, derivatives, inverse=True, bound=bound, **floors)
     torch.testing.assert_close(back, reference.inv(target), rtol=0.0, atol=1e-10)
 
 
@@ -156,6 +164,21 @@ def test_spline_with_rows_last_is_the_map_with_bins_last(inverse):
     assert torch.equal(rows_last[0].t()[x.abs() > 5.0], x[x.abs() > 5.0])
     with pytest.raises(ValueError, match="bin axis"):
         rational_quadratic_spline(x, widths, heights, derivatives, dim=2)
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+def test_scripted_spline_gives_the_eager_floats_in_float64(inverse):
+    """The exported modules are TorchScript; their spline must be the eager one to the last bit,
+    with constants (bound, floors) that float32 does not hold exactly. TorchScript's
+    ``torch.tensor`` of a list of floats rounds through float32, which made them differ by 1e-8."""
+    generator = torch.Generator().manual_seed(12)
+    bins, n = 5, 400
+    parameters = 2.0 * torch.randn(2, 3 * bins - 1, n, generator=generator, dtype=torch.float64)
+    x = 3.0 * torch.randn(2, n, generator=generator, dtype=torch.float64)
+    settings = (bins, inverse, 2.3, 0.02, 0.15, 0.01, True, -2)
+    scripted = torch.jit.script(packed_rational_quadratic_spline)
+    for expected, actual in zip(packed_rational_quadratic_spline(x, parameters, *settings), scripted(x, parameters, *settings)):
+        assert torch.equal(actual, expected)
 
 
 def test_scripted_flow_equals_eager_and_survives_save_and_load():
@@ -221,6 +244,8 @@ def test_masks_transform_every_feature_once_per_pair_and_seed_fixes_weights_only
         CouplingLayer(3, 1, [0, 0, 0])
     with pytest.raises(ValueError, match="needs context"):
         CouplingLayer(2, 0, [1, 1])
+    with pytest.raises(ValueError, match="activation must be one of"):
+        CouplingLayer(2, 1, [0, 1], activation="tanh")
 
 
 def conditional_gaussian(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -379,14 +379,14 @@ def _apply_partition(
     return _assemble(collection, correction, outputs, status, counts)
 
 
-def _with_fields(collection: Any, fields: dict[str, Any]) -> Any:
-    """``collection`` with ``fields`` added or replaced, in one broadcast.
+def _with_fields(collection: Any, packed: Any) -> Any:
+    """``collection`` with the fields of the record array ``packed`` (the collection's list
+    structure) added or replaced, in one broadcast.
 
     Equivalent to chained ``ak.with_field`` calls (record name, behaviours, cross-references and
     attrs are kept) at the cost of one: the chain re-broadcasts the whole record per field.
     """
-    names = list(fields)
-    packed = ak.zip(fields, depth_limit=collection.ndim)
+    names = list(packed.fields)
 
     def add_contents(layouts: list[Any], **kwargs: Any) -> Any:
         base, extra = layouts
@@ -406,23 +406,24 @@ def _with_fields(collection: Any, fields: dict[str, Any]) -> Any:
 
 
 def _assemble(collection: Any, correction: FlatCorrection, outputs, status, counts) -> Any:
-    """Write flat outputs back as fields with the collection's structure (``counts`` per event)."""
+    """Write flat outputs back as fields with the collection's structure (``counts`` per event).
 
-    def jagged(values: Any) -> Any:
-        return ak.unflatten(values, counts) if counts is not None else ak.Array(values)
-
+    The new fields are zipped while flat and get the list structure once: one ``unflatten`` of
+    one record, instead of one per field and a zip that broadcasts them all (6–9 ms of the
+    ``Bundle.apply`` of a 100 k-event chunk on a CPU, whatever the correction)."""
     prefix = correction.collection + "_"
     new_fields: dict[str, Any] = {}
     for branch in correction.outputs:
         field = branch[len(prefix) :] if branch.startswith(prefix) else branch
         # The first correction applied keeps the file's value; a second one does not overwrite it.
         if field in collection.fields and f"raw_{field}" not in collection.fields:
-            new_fields[f"raw_{field}"] = collection[field]
-        new_fields[field] = jagged(outputs[branch])
-    status_array = jagged(status)
-    new_fields["egproc_status"] = status_array
-    new_fields["egproc_ok"] = status_array == STATUS_OK
-    return _with_fields(collection, new_fields)
+            raw = collection[field]
+            new_fields[f"raw_{field}"] = ak.flatten(raw, axis=1) if counts is not None else raw
+        new_fields[field] = outputs[branch]
+    new_fields["egproc_status"] = status
+    new_fields["egproc_ok"] = status == STATUS_OK
+    packed = ak.zip(new_fields, depth_limit=1)
+    return _with_fields(collection, ak.unflatten(packed, counts) if counts is not None else packed)
 
 
 def apply_columnar(

@@ -164,6 +164,10 @@ def _parser() -> argparse.ArgumentParser:
     flow.add_argument("--sweep-hidden", type=int, nargs="+", help="hidden layer sizes of the sweep's conditioners")
     flow.add_argument("--sweep-activation", choices=("relu", "silu"), help="hidden activation of the sweep's conditioners")
     flow.add_argument("--bins", type=int, help="spline bins per transformed feature")
+    flow.add_argument(
+        "--tail-objects", type=int,
+        help="pooled training objects beyond each outer knot of a variable's normal-score map",
+    )
     flow.add_argument("--hidden", type=int, nargs="+", help="hidden layer sizes of the coupling conditioners")
     flow.add_argument("--batch-size", type=int)
     flow.add_argument("--learning-rate", type=float)

@@ -67,6 +67,28 @@ def test_encoding_dequantises_the_peak_and_decodes_it_to_exact_zeros():
     assert np.all(decoded[peak, 1] == 0.0)
 
 
+@pytest.mark.parametrize("n, tail_objects", [(20_000, 100), (50_000, 7), (3_000, 100)])
+def test_outer_knots_leave_the_asked_number_of_objects_beyond_them(n, tail_objects):
+    """The outer scores are ±min(4, Φ⁻¹(1 − m/n)): m objects lie beyond each outer knot, or
+    fewer where the range reaches 4 (its cap)."""
+    from scipy.special import ndtri
+
+    rng = np.random.default_rng(n)
+    values = rng.lognormal(0.0, 1.0, (n, 1)).astype(np.float32)  # a heavy upper tail
+    encoding = flow.Encoding.for_sample(values, [False], np.zeros((n, 0), np.float32), n_knots=81, tail_objects=tail_objects)
+    outer = min(flow.SCORE_RANGE, float(ndtri(1.0 - tail_objects / n)))
+    assert encoding.score_low == pytest.approx(-outer)
+    assert encoding.score_low + 80 * encoding.score_step == pytest.approx(outer, rel=1e-6)
+    knots = encoding.knots[0].numpy()
+    beyond = int((values[:, 0] > knots[-1]).sum()), int((values[:, 0] < knots[0]).sum())
+    if outer < flow.SCORE_RANGE:
+        assert beyond == (tail_objects, tail_objects)
+    else:  # 50 000 objects reach the cap with 1.6 beyond
+        assert max(beyond) <= 2
+    with pytest.raises(ValueError, match="too few"):
+        flow.Encoding.for_sample(values[:400], [False], np.zeros((400, 0), np.float32), n_knots=81, tail_objects=100)
+
+
 def test_decoding_finds_its_segment_on_the_score_grid_as_the_binary_search_does():
     """decode finds the segment of a normal score by arithmetic on the evenly spaced scores; it
     must be the interpolation the binary search gives: at and between the knots, continued
@@ -162,6 +184,10 @@ def test_switched_flow_log_density_is_the_change_of_variables_through_every_laye
         torch.testing.assert_close(switched_flow.log_prob(x, context), logdet + standard_normal, rtol=0.0, atol=1e-10)
     with pytest.raises(ValueError, match="switch must be one of"):
         flow.Settings(switch="first-layer")
+    with pytest.raises(ValueError, match="sweep_activation must be one of"):
+        flow.Settings(sweep_activation="tanh")
+    with pytest.raises(ValueError, match="tail_objects"):
+        flow.Settings(tail_objects=0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -163,6 +163,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     flow.add_argument("--sweep-hidden", type=int, nargs="+", help="hidden layer sizes of the sweep's conditioners")
     flow.add_argument("--sweep-activation", choices=("relu", "silu"), help="hidden activation of the sweep's conditioners")
+    flow.add_argument(
+        "--no-peak-indicators", dest="peak_indicators", action="store_false", default=None,
+        help="sweep conditioners without the in-peak indicators of the zero-peak variables after theirs",
+    )
     flow.add_argument("--bins", type=int, help="spline bins per transformed feature")
     flow.add_argument(
         "--tail-objects", type=int,

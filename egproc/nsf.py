@@ -38,6 +38,10 @@ cancellation of the textbook form.
 y_A = x_A, and each element of x_B goes through its own spline whose 3K − 1 parameters an MLP
 computes from (x_A, c). The Jacobian is triangular, so log |det| is the sum of the spline
 log-derivatives. The MLP's output layer starts at zero, so an untrained layer is the identity.
+The conditioner may also see *indicators* 1[x_j ≤ a_j] of identity features: any function of
+x_A keeps the layer invertible with the same Jacobian, and a conditional density that steps where
+another feature crosses a_j (a dequantised zero peak's edge, :mod:`egproc.flow`) is otherwise
+only approached by the steep ramps a ReLU or SiLU network can make.
 
 **Flow.** :class:`SplineFlow` stacks coupling layers in pairs: with a fixed permutation π of
 the features (the identity for the first pair, a seeded random one for later pairs), the first
@@ -239,9 +243,11 @@ class CouplingLayer(nn.Module):
     passes them.
 
     ``mask`` [D]: true (non-zero) for the features this layer transforms, false for those it
-    passes through and conditions on. The conditioner is an MLP on [identity features, context]
-    with ``hidden`` layers of ``activation`` (one of :data:`ACTIVATIONS`) and a linear ``head``;
-    the head starts at zero, so a fresh layer is the identity.
+    passes through and conditions on. The conditioner is an MLP on [identity features, context,
+    indicators] with ``hidden`` layers of ``activation`` (one of :data:`ACTIVATIONS`) and a linear
+    ``head``; the head starts at zero, so a fresh layer is the identity. ``indicators`` are pairs
+    (j, a) of an identity feature and a threshold: the conditioner sees 1[x_j ≤ a] (module
+    docstring).
 
     Features first, every step of a layer runs on whole rows: the conditioner's inputs are
     gathered rows, its layers are W h with the n objects as the long, contiguous axis, and its
@@ -262,6 +268,7 @@ class CouplingLayer(nn.Module):
         min_bin_height: float = MIN_BIN_HEIGHT,
         min_derivative: float = MIN_DERIVATIVE,
         activation: str = "silu",
+        indicators: Sequence[tuple[int, float]] = (),
     ):
         super().__init__()
         transformed = [bool(m) for m in mask]
@@ -281,15 +288,22 @@ class CouplingLayer(nn.Module):
         transform_index = [i for i, t in enumerate(transformed) if t]
         if not identity_index and context == 0:
             raise ValueError("a layer that transforms every feature needs context to condition on")
+        for feature, _ in indicators:
+            if not 0 <= feature < features or transformed[feature]:
+                raise ValueError(
+                    f"indicator of feature {feature}: only a feature the layer passes through can condition it"
+                )
         self.register_buffer("identity_index", torch.tensor(identity_index, dtype=torch.long))
         self.register_buffer("transform_index", torch.tensor(transform_index, dtype=torch.long))
+        self.register_buffer("indicator_index", torch.tensor([int(j) for j, _ in indicators], dtype=torch.long))
+        self.register_buffer("indicator_threshold", torch.tensor([float(a) for _, a in indicators], dtype=torch.float32))
         self.bins = bins
         self.n_transformed = len(transform_index)
         self.bound = float(bound)
         self.min_bin_width = float(min_bin_width)
         self.min_bin_height = float(min_bin_height)
         self.min_derivative = float(min_derivative)
-        width = len(identity_index) + context
+        width = len(identity_index) + context + len(indicators)
         linears = []
         for size in hidden:
             linears.append(nn.Linear(width, size))
@@ -303,7 +317,8 @@ class CouplingLayer(nn.Module):
     def _spline(
         self, x: torch.Tensor, context: torch.Tensor, inverse: bool, log_det: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        h = torch.cat([x.index_select(0, self.identity_index), context], dim=0)
+        indicators = x.index_select(0, self.indicator_index) <= self.indicator_threshold.unsqueeze(1)
+        h = torch.cat([x.index_select(0, self.identity_index), context, indicators.to(x.dtype)], dim=0)
         # W h, then + b in place (mm's gradient does not need its output). addmm would round
         # differently once TorchScript splits it into mm and add, and the exported module would no
         # longer give the eager floats.
@@ -345,7 +360,8 @@ class SplineFlow(nn.Module):
     ``hidden`` conditioner layers of ``activation``; ``seed`` fixes the initial weights. The mask
     permutations are fixed (by default :meth:`masks`, which depend on ``features`` and ``transforms`` only), so two
     flows of the same shape share their structure whatever their seeds; ``masks`` gives each
-    layer's transformed features instead. Untrained, the flow is the identity.
+    layer's transformed features instead, and ``indicators`` each layer's conditioner indicators
+    (:class:`CouplingLayer`). Untrained, the flow is the identity.
     ``forward`` is ``log_prob``.
     """
 
@@ -360,6 +376,7 @@ class SplineFlow(nn.Module):
         seed: int | None = None,
         masks: Sequence[Sequence[bool]] | None = None,
         activation: str = "silu",
+        indicators: Sequence[Sequence[tuple[int, float]]] | None = None,
     ):
         super().__init__()
         if features < 1 or context < 0 or transforms < 1:
@@ -370,11 +387,18 @@ class SplineFlow(nn.Module):
             masks = self.masks(features, transforms)
         elif len(masks) != transforms:
             raise ValueError(f"{len(masks)} masks for {transforms} transforms")
+        if indicators is None:
+            indicators = [()] * transforms
+        elif len(indicators) != transforms:
+            raise ValueError(f"indicators for {len(indicators)} layers, but {transforms} transforms")
         self.features = features
         self.context = context
         with training.seeded(seed):
             self.layers = nn.ModuleList(
-                [CouplingLayer(features, context, mask, bins, hidden, bound, activation=activation) for mask in masks]
+                [
+                    CouplingLayer(features, context, mask, bins, hidden, bound, activation=activation, indicators=steps)
+                    for mask, steps in zip(masks, indicators)
+                ]
             )
         self.log_normaliser = 0.5 * features * math.log(2.0 * math.pi)
 

@@ -77,6 +77,37 @@ def test_log_determinant_equals_autograd_jacobian_per_row(activation):
     assert torch.all(torch.linalg.slogdet(per_row).sign > 0)  # monotonic in every feature
 
 
+def test_indicators_step_the_conditioner_and_keep_the_layer_invertible():
+    """A sweep whose layers see 1[x_j ≤ a_j] of the features after their own: the transformed
+    feature jumps when x_j crosses a_j (the indicator is used), and inverse, log-determinant and
+    TorchScript are as without indicators, at and beside the thresholds too."""
+    thresholds = {1: 0.3, 2: -0.2}
+    sweep = [[j == i for j in range(3)] for i in range(3)]
+    indicators = [[(j, a) for j, a in thresholds.items() if j > i] for i in range(3)]
+    flow = randomised(SplineFlow(3, 2, transforms=3, hidden=(16,), seed=9, masks=sweep, indicators=indicators), std=0.3)
+    flow = flow.double()
+    x, context = standardised_inputs(400, 3, 2, torch.float64, seed=4)
+    x[5:205:2, 1] = 0.3  # at a threshold (counts as at or below it)
+    x[6:206:2, 1] = 0.3 + 1e-12
+    with torch.no_grad():
+        z, logdet = flow.transform(x, context)
+        torch.testing.assert_close(flow.inverse(z, context), x, rtol=0.0, atol=1e-11)
+        scripted = torch.jit.script(flow)
+        torch.testing.assert_close(scripted.transform(x, context, True)[0], z, rtol=0.0, atol=0.0)
+        torch.testing.assert_close(scripted.inverse(z, context), flow.inverse(z, context), rtol=0.0, atol=0.0)
+    # Feature 0's layer sees feature 1's indicator: across 1e-12 of x_1 its output jumps.
+    jumps = (z[5:205:2, 0] - z[6:206:2, 0]).abs()
+    assert float(jumps.median()) > 1e-3
+    jacobian = torch.autograd.functional.jacobian(lambda inputs: flow.transform(inputs, context[:12])[0], x[:12])
+    rows = torch.arange(12)
+    expected = torch.linalg.slogdet(jacobian[rows, :, rows, :]).logabsdet
+    torch.testing.assert_close(logdet[:12], expected, rtol=0.0, atol=1e-10)
+    with pytest.raises(ValueError, match="only a feature the layer passes through"):
+        CouplingLayer(3, 2, [0, 1, 0], indicators=[(1, 0.0)])
+    with pytest.raises(ValueError, match="indicators for 2 layers, but 3 transforms"):
+        SplineFlow(3, 2, transforms=3, masks=sweep, indicators=indicators[:2])
+
+
 def test_spline_inverse_log_derivative_is_the_autograd_one():
     generator = torch.Generator().manual_seed(4)
     n, bins = 200, 6

@@ -142,7 +142,8 @@ class Settings:
     #: 32 did (README, "Where the switch enters").
     sweep_hidden: tuple[int, ...] = (16, 16)
     #: Whether each sweep layer's conditioner also sees, for every zero-peak variable after its
-    #: own, whether that variable is in its peak (module docstring, "Peak indicators").
+    #: own, whether that variable is in its peak (module docstring, "Peak indicators"; the
+    #: every-layer flow has no sweep and no indicators).
     peak_indicators: bool = True
     #: Hidden activation of the sweep's conditioners (:data:`egproc.nsf.ACTIVATIONS`): ReLU, as
     #: the correction's cost is these networks and SiLU's exponential was a third of a

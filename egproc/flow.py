@@ -235,7 +235,12 @@ class Encoding(nn.Module):
 
     @classmethod
     def for_sample(
-        cls, values: np.ndarray, zero_peak: Sequence[bool], uniforms: np.ndarray, n_knots: int, tail_objects: int = 100
+        cls,
+        values: np.ndarray,
+        zero_peak: Sequence[bool],
+        uniforms: np.ndarray,
+        n_knots: int,
+        tail_objects: int = Settings.tail_objects,
     ) -> "Encoding":
         """Fit the tail scales and normal-score knots on a pooled sample ``values`` [n, D] with
         its uniforms [n, m]; ``tail_objects`` of the sample lie beyond each outer knot (module

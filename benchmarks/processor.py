@@ -5,7 +5,8 @@ of the processor without a bundle, with the fudge factors, and with each network
 ``corrections/`` (or given by ``--cqr``/``--flow``; ``toy-cqr``: every data and MC network of the
 chain; ``toy-flow``: the flow, forward as MC and inverse as data), best of ``--repeat``, on
 ``--workers`` processes (rounds of every configuration in turn): wall time, and the CPU time of this process and the
-workers together (on a machine shared with other jobs, compare the CPU column). Each corrected
+workers together (on a machine shared with other jobs, compare the CPU column), and the median over
+rounds of each configuration's ratio to the uncorrected run of the same round. Each corrected
 configuration also fills the histograms of its stage and re-evaluates the photon ID on the
 corrected fields; the "no raw MC stage" ones fill MC at the corrected stage only
 (``raw_mc=False``), the histogram work of the uncorrected run. Workers get
@@ -20,6 +21,7 @@ this process on one thread: what the correction itself costs per probe.
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -86,9 +88,11 @@ def main() -> None:
         )
         for name, seconds in timings.items():
             ratio = seconds / timings["uncorrected"]
+            # On a machine whose speed drifts, the ratio within each round is the steadier figure.
+            per_round = statistics.median(t / u for t, u in zip(runs[name], runs["uncorrected"]))
             print(
                 f"  {name:<26} {seconds:7.2f} s   {args.events / seconds:10,.0f} events/s   ×{ratio:.2f}"
-                f"   CPU {cpu[name]:6.2f} s ×{cpu[name] / cpu['uncorrected']:.2f}"
+                f"   CPU {cpu[name]:6.2f} s ×{cpu[name] / cpu['uncorrected']:.2f}   median of rounds ×{per_round:.2f}"
             )
         correction_alone(files["mc"][0], bundles, args.repeat)
 

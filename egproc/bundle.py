@@ -26,7 +26,8 @@ import datetime as _dt
 import gzip
 import json
 import shutil
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -47,6 +48,7 @@ __all__ = [
     "Bundle",
     "load",
     "write",
+    "rebuild_models",
 ]
 
 FORMAT_VERSION = 1
@@ -307,44 +309,69 @@ class _Variation:
 
     def evaluate(self, columns: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray]:
         bundle = self.bundle
+        steps = bundle.steps(self.variation)
         current = dict(columns)
         n_rows = len(next(iter(columns.values())))
         covered = np.zeros(n_rows, dtype=bool)
         eta_branch = f"{bundle.manifest.collection}_superclusterEta"
         device = engine.resolve_device(bundle.device)
-        # Steps of a bundle share their validity: evaluate it once per region and call (only on
-        # that region's objects, as a validity may be undefined elsewhere), again only if a step
-        # overwrites one of its inputs.
-        validities: dict[tuple[str, tuple[str, ...], str], np.ndarray] = {}
-        for step in bundle.steps(self.variation):
-            rows = (
-                np.ones(n_rows, dtype=bool)
-                if step.region == "all"
-                else _region_rows(current[eta_branch], step.region)
-            )
-            if step.validity is not None and rows.any():
-                key = (step.validity.correction, step.validity.inputs, step.region)
-                if key not in validities:
-                    candidates = np.flatnonzero(rows)
-                    validity = bundle.correction_set[step.validity.correction]
-                    inside = _evaluate(validity, {b: current[b][candidates] for b in step.validity.inputs}, step.validity.inputs)
-                    valid = np.zeros(n_rows, dtype=bool)
-                    valid[candidates[inside > 0]] = True
-                    validities[key] = valid
-                rows &= validities[key]
+        # What the steps share is computed once and kept while no step overwrites what it was
+        # computed from: each region's mask; each validity, evaluated at once on the objects of
+        # every region a step uses it for (only there, as it may be undefined elsewhere); and each
+        # input column selected on a step's rows (and cast for correctionlib). The flow's uniforms,
+        # validity and modules read the same raw columns of the same objects.
+        regions: dict[str, np.ndarray] = {}
+        validities: dict[Validity, np.ndarray] = {}
+        selections: dict[tuple[str, str, Validity | None, str], np.ndarray] = {}
+
+        def region(name: str) -> np.ndarray:
+            if name not in regions:
+                regions[name] = np.ones(n_rows, dtype=bool) if name == "all" else _region_rows(current[eta_branch], name)
+            return regions[name]
+
+        def valid(validity: Validity) -> np.ndarray:
+            if validity not in validities:
+                candidates = np.flatnonzero(
+                    np.logical_or.reduce([region(s.region) for s in steps if s.validity == validity])
+                )
+                inside = _evaluate(
+                    bundle.correction_set[validity.correction],
+                    {b: current[b][candidates] for b in validity.inputs},
+                    validity.inputs,
+                )
+                mask = np.zeros(n_rows, dtype=bool)
+                mask[candidates[inside > 0]] = True
+                validities[validity] = mask
+            return validities[validity]
+
+        def selected(branch: str, step: CorrectionlibStep | TorchScriptStep, rows: np.ndarray, dtype: str = "") -> np.ndarray:
+            """``branch`` on the rows of ``step`` (its region and validity), optionally cast."""
+            key = (branch, step.region, step.validity, dtype)
+            if key not in selections:
+                selections[key] = current[branch][rows] if not dtype else selected(branch, step, rows).astype(dtype)
+            return selections[key]
+
+        for step in steps:
+            rows = region(step.region)
+            if step.validity is not None:
+                rows = rows & valid(step.validity)
             if not rows.any():
                 continue
             if step.keep:  # an internal column (keep=False) corrects nothing by itself
                 covered |= rows
-            inputs = {b: current[b][rows] for b in step.inputs}
             if isinstance(step, CorrectionlibStep):
-                corrected = _evaluate(bundle.correction_set[step.correction], inputs, step.inputs)
+                correction = bundle.correction_set[step.correction]
+                # correctionlib takes exact integers for int inputs (run, event numbers), doubles otherwise.
+                corrected = correction.evaluate(*[
+                    selected(b, step, rows, "int64" if v.type == "int" else "float64")
+                    for b, v in zip(step.inputs, correction.inputs)
+                ])
                 results = {step.output: np.asarray(corrected, dtype=np.float32)}
             else:
                 module = engine.load_artefact(bundle._file(step.model), step.model.sha256, device)
                 matrix = engine.run_batched(
                     module,
-                    np.stack([inputs[b] for b in step.inputs], axis=1).astype(np.float32, copy=False),
+                    np.stack([selected(b, step, rows) for b in step.inputs], axis=1).astype(np.float32, copy=False),
                     len(step.outputs),
                     device=device,
                     batch_size=bundle.batch_size,
@@ -354,7 +381,15 @@ class _Variation:
                 column = current[branch].astype(np.float32) if branch in current else np.full(n_rows, np.nan, np.float32)
                 column[rows] = values
                 current[branch] = column
-                validities = {key: valid for key, valid in validities.items() if branch not in key[1]}
+                if branch == eta_branch:  # every region, validity and selection is stale
+                    regions.clear()
+                    validities.clear()
+                    selections.clear()
+                elif any(branch in v.inputs for v in validities):  # some steps' rows are stale
+                    validities = {v: mask for v, mask in validities.items() if branch not in v.inputs}
+                    selections.clear()
+                else:
+                    selections = {key: cached for key, cached in selections.items() if key[0] != branch}
         return {b: current[b] for b in self.outputs}, covered
 
 
@@ -448,7 +483,10 @@ def _check_signatures(bundle: Bundle) -> None:
                     f"the step feeds {len(step.inputs)}"
                 )
             continue
-        module = engine.load_artefact(bundle._file(step.model), step.model.sha256, "cpu")
+        # The signature is checked on the module as saved (load verified its checksum just before);
+        # freezing it, as the engine does for a run, took about a second per flow module and is
+        # left to the process that applies it.
+        module = torch.jit.load(str(bundle._file(step.model)), map_location="cpu").eval()
         probe = torch.zeros((2, len(step.inputs)), dtype=torch.float32)
         try:
             with torch.inference_mode():
@@ -523,3 +561,64 @@ def write(
     (folder / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
     load(folder, device="cpu")  # a bundle that does not load is never left behind as written
     return folder
+
+
+def rebuild_models(
+    source: str | Path,
+    out: str | Path | None,
+    *,
+    method: str,
+    rebuild: Callable[[Any, TorchScriptStep], Any],
+    form: str,
+    how: str,
+    note: str = "",
+) -> Path:
+    """Write the ``method`` bundle ``source`` again with each TorchScript module replaced by
+    ``rebuild(loaded module, its step)`` (an ``nn.Module``, scripted here), without retraining:
+    how a bundle takes up a faster export of the same weights. ``out`` defaults to ``source``
+    (replaced only once the new bundle is written and loads). The manifest keeps its steps,
+    provenance and correctionlib file (same bytes); provenance gains a ``reexported`` entry
+    (``form``, ``how``, ``note`` and the previous checksums). Returns the folder."""
+    import correctionlib.schemav2 as correctionlib_schema
+    import torch
+
+    source = Path(source)
+    out = Path(out) if out is not None else source
+    # Checksums verified; the models are checked once written (write loads the result).
+    original = load(source, device="cpu", check_models=False)
+    manifest = original.manifest
+    if manifest.method != method:
+        raise ValueError(f"{source}: a {manifest.method} bundle, not {method}")
+    models: dict[str, Any] = {}
+    steps: list[dict[str, Any]] = []
+    for step in manifest.steps:
+        data = step.model_dump()
+        if isinstance(step, TorchScriptStep):
+            file_name = step.model.file
+            if file_name not in models:
+                module = torch.jit.load(str(source / file_name), map_location="cpu")
+                models[file_name] = torch.jit.script(rebuild(module, step))
+            data["model"] = file_name
+        steps.append(data)
+    entry = {
+        "form": form,
+        "how": how,
+        "previous_sha256": {a.file: a.sha256 for a in manifest.artefacts()},
+        "note": note,
+    }
+    provenance = dict(manifest.provenance)
+    provenance["reexported"] = [*provenance.get("reexported", []), entry]
+    # Parsed and written back as training wrote it: the same bytes, the same checksum.
+    payload = correctionlib_schema.CorrectionSet.model_validate_json(
+        gzip.decompress((source / manifest.corrections.file).read_bytes())
+    )
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as scratch:
+        written = write(
+            Path(scratch) / out.name, name=manifest.name, method=manifest.method, collection=manifest.collection,
+            description=manifest.description, correction_set=payload, steps=steps, models=models,
+            event_weights=manifest.event_weights, provenance=provenance,
+        )
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.move(str(written), str(out))
+    return out

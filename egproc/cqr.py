@@ -103,11 +103,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import gzip
 import math
 import queue
-import shutil
-import tempfile
 import threading
 import time
 import zlib
@@ -803,47 +800,19 @@ def reexport(source: str | Path, out: str | Path | None = None, *, fused: bool =
     (replaced only once the new bundle is written and loads). The manifest keeps its steps,
     provenance and correctionlib file (same bytes); provenance gains a ``reexported`` entry with
     the previous checksums. Returns the folder."""
-    source = Path(source)
-    out = Path(out) if out is not None else source
-    # Checksums verified; the models are checked once written (bundle.write loads the result).
-    original = bundle_format.load(source, device="cpu", check_models=False)
-    manifest = original.manifest
-    if manifest.method != "cqr":
-        raise ValueError(f"{source}: a {manifest.method} bundle, not cqr")
-    models: dict[str, Any] = {}
-    steps: list[dict[str, Any]] = []
-    for step in manifest.steps:
-        data = step.model_dump()
-        if isinstance(step, bundle_format.TorchScriptStep):
-            file_name = step.model.file
-            if file_name not in models:
-                module = torch.jit.load(str(source / file_name), map_location="cpu")
-                variables = [output.removeprefix(f"{manifest.collection}_") for output in step.outputs]
-                models[file_name] = torch.jit.script(_module_from_torchscript(module, fused, variables))
-            data["model"] = file_name
-        steps.append(data)
-    payload = gzip.decompress((source / manifest.corrections.file).read_bytes()).decode()
-    entry = {
-        "form": "fused (egproc.cqr.FusedChain)" if fused else "trained (egproc.cqr.Chain)",
-        "how": (
+    def rebuild(module: Any, step: bundle_format.TorchScriptStep) -> nn.Module:
+        variables = [output.split("_", 1)[1] for output in step.outputs]
+        return _module_from_torchscript(module, fused, variables)
+
+    return bundle_format.rebuild_models(
+        source, out, method="cqr", rebuild=rebuild,
+        form="fused (egproc.cqr.FusedChain)" if fused else "trained (egproc.cqr.Chain)",
+        how=(
             "egproc.cqr.reexport: each module rebuilt from the weights in its file "
             "(egproc.cqr.chain_from_torchscript) and scripted again; no retraining"
         ),
-        "previous_sha256": {a.file: a.sha256 for a in manifest.artefacts()},
-        "note": note,
-    }
-    provenance = dict(manifest.provenance)
-    provenance["reexported"] = [*provenance.get("reexported", []), entry]
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as scratch:
-        written = bundle_format.write(
-            Path(scratch) / out.name, name=manifest.name, method=manifest.method, collection=manifest.collection,
-            description=manifest.description, correction_set=cs.CorrectionSet.model_validate_json(payload),
-            steps=steps, models=models, event_weights=manifest.event_weights, provenance=provenance,
-        )
-        if out.exists():
-            shutil.rmtree(out)
-        shutil.move(str(written), str(out))
-    return out
+        note=note,
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -84,6 +84,8 @@ barrel's held-out loss still falls at the end.
 [pT, η_SC, φ, ρ, y_1…y_D, u_1…u_m] → [y_1'…y_D'] (one uniform per zero-peak variable, in variable
 order), so bundles, processors and the engine treat both methods alike. The bundle's correctionlib
 JSON holds ``flow_validity``, the ``flow_uniform_<var>`` corrections and the ρ reweighting.
+:func:`reexport` writes a bundle's modules again from the weights, encoding and settings they hold,
+with the current code (a faster export needs no retraining).
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from egproc import bundle as bundle_format
 from egproc import cqr, engine, nsf, training
 
 __all__ = [
@@ -111,6 +114,8 @@ __all__ = [
     "FlowCorrection",
     "train_flow",
     "train",
+    "correction_from_torchscript",
+    "reexport",
 ]
 
 #: The corrected variables per region: CQR's, in CQR's order (the flow has no chain, the order
@@ -674,4 +679,89 @@ def _exported(flows: Mapping[str, FlowCorrection], variation: str, variables: Se
     zero_peak = [v in cqr.ZERO_PEAK for v in variables]
     return cqr.SplitVariation(
         flows["nominal"], flows["half_a"], flows["half_b"], sign, zero_peak, cqr.leader_columns(variables)
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Re-export: the same weights through the current code
+# --------------------------------------------------------------------------------------------
+
+
+def _spline_flow_shape(flow: Any) -> dict[str, Any]:
+    """The :class:`egproc.nsf.SplineFlow` settings of a scripted one (its layers' own attributes)."""
+    layers = list(flow.layers.children())
+    first = layers[0]
+    return {
+        "transforms": len(layers),
+        "bins": first.bins,
+        "hidden": tuple(linear.weight.shape[0] for linear in first.hidden.children()),
+        "activation": first.activation.original_name.lower(),
+        "bound": first.bound,
+    }
+
+
+def correction_from_torchscript(module: Any) -> FlowCorrection:
+    """The :class:`FlowCorrection` (eager, current code) with the weights, encoding and settings
+    of a scripted one: how a flow bundle is re-exported without retraining (:func:`reexport`)."""
+    if module.original_name != "FlowCorrection":
+        raise TypeError(f"expected a scripted FlowCorrection, got a {module.original_name}")
+    features = cqr.ConditionFeatures(module.features.supermodule_phi_offset)
+    features.load_state_dict(module.features.state_dict(), strict=True)
+    scripted = module.encoding
+    encoding = Encoding(
+        scripted.zero_peak.tolist(), scripted.tail_scales.tolist(), scripted.knots.numpy(), scripted.scores[0].double().numpy()
+    )
+    # The grid as exported (from the float64 scores), not as re-derived from their float32 copy.
+    encoding.score_low, encoding.score_step = scripted.score_low, scripted.score_step
+    switch = _spline_flow_shape(module.flow.switch)
+    shared = [_spline_flow_shape(flow) for flow in module.flow.shared.children()]
+    n_variables = module.n_variables
+    edges: list[float | None] = [None] * n_variables
+    for layer in module.flow.switch.layers.children():
+        for j, threshold in zip(layer.indicator_index.tolist(), layer.indicator_threshold.tolist()):
+            edges[j] = threshold
+    if shared:
+        flow = SwitchedFlow(
+            n_variables, module.flow.switch.context, shared[0]["transforms"], switch["bins"], shared[0]["hidden"],
+            sweep=True, sweep_hidden=switch["hidden"], sweep_activation=switch["activation"], peak_edges=edges,
+        )
+    else:
+        flow = SwitchedFlow(
+            n_variables, module.flow.switch.context, switch["transforms"], switch["bins"], switch["hidden"], sweep=False
+        )
+    # A scripted module's state also lists the derived, non-persistent buffers (the splines'
+    # constant tensors), which the rebuilt layers compute themselves.
+    expected = flow.state_dict().keys()
+    flow.load_state_dict({k: v for k, v in module.flow.state_dict().items() if k in expected}, strict=True)
+    correction = FlowCorrection(
+        features, module.context_low.tolist(), module.context_high.tolist(), module.context_mean.tolist(),
+        module.context_scale.tolist(), encoding, flow, list(module.references), list(module.leaders),
+        list(zip(module.lows, module.highs)), list(module.follower_floor),
+    )
+    return correction.train(module.training)
+
+
+def reexport(source: str | Path, out: str | Path | None = None, *, note: str = "") -> Path:
+    """Write the flow bundle ``source`` again with its TorchScript modules rebuilt from the weights
+    they hold (:func:`correction_from_torchscript`; up/down as :class:`egproc.cqr.SplitVariation`
+    of the rebuilt nominal and halves) and scripted by the current code, without retraining
+    (:func:`egproc.bundle.rebuild_models`). ``out`` defaults to ``source``. Returns the folder."""
+
+    def rebuild(module: Any, step: bundle_format.TorchScriptStep) -> nn.Module:
+        if module.original_name == "SplitVariation":
+            variables = [output.split("_", 1)[1] for output in step.outputs]
+            return _exported(
+                {half: correction_from_torchscript(getattr(module, half)) for half in ("nominal", *cqr.HALVES)},
+                "up" if module.sign > 0 else "down",
+                variables,
+            )
+        return correction_from_torchscript(module)
+
+    return bundle_format.rebuild_models(
+        source, out, method="flow", rebuild=rebuild, form="egproc.flow.FlowCorrection",
+        how=(
+            "egproc.flow.reexport: each module rebuilt from the weights, encoding and settings in its file "
+            "(egproc.flow.correction_from_torchscript) and scripted again; no retraining"
+        ),
+        note=note,
     )

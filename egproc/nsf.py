@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Optional
 
 import torch
 from torch import nn
@@ -80,23 +81,37 @@ MIN_DERIVATIVE = 1e-3
 ACTIVATIONS: dict[str, type[nn.Module]] = {"silu": nn.SiLU, "relu": nn.ReLU}
 
 
+def _knot_grid(
+    bins: int, bound: float, min_bin_width: float, min_bin_height: float, dim: int, like: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The parts of the knots that do not depend on the parameters, for parameters whose bin axis
+    is ``dim``: offsets [2, K − 1, 1…] = 2B·δ·k − B (k = 1 … K − 1) and ranges [2, 1, 1…] =
+    2B(1 − Kδ), for x (index 0) and y (index 1), and the outer knots (−B, B) [2, 1…]. A layer
+    holds them, as buffers, instead of building a dozen small tensors on every call."""
+    minimum = _pair(min_bin_width, min_bin_height, like)
+    trailing = [1] * (-dim - 1)
+    ranges = (2.0 * bound * (1.0 - minimum * bins)).reshape([2, 1] + trailing)
+    steps = torch.arange(1, bins, dtype=like.dtype, device=like.device).reshape([1, bins - 1] + trailing)
+    offsets = (2.0 * bound) * minimum.reshape([2, 1] + trailing) * steps - bound
+    return offsets, ranges, _pair(-bound, bound, like).reshape([2] + trailing)
+
+
 def _interior_knots(
-    sizes: torch.Tensor, bound: float, min_bin_width: float, min_bin_height: float, dim: int
+    sizes: torch.Tensor, offsets: torch.Tensor, ranges: torch.Tensor, dim: int, triangle: Optional[torch.Tensor]
 ) -> torch.Tensor:
     """Interior knots [..., 2, K − 1, ...] of x (index 0 of the new axis before ``dim``) and y
-    (index 1) on [−bound, bound], from the unnormalised bin widths and heights [..., 2, K, ...];
-    the outer knots are ∓bound exactly and left to the caller."""
+    (index 1), from the unnormalised bin widths and heights [..., 2, K, ...] and
+    :func:`knot_grid`'s offsets and ranges; the outer knots are ∓bound exactly and left to the
+    caller. With the bins on axis −2, ``triangle`` (the K × K lower-triangular ones) makes the
+    running sums one matrix product, which took 0.65 of ``cumsum``'s time over that strided axis
+    on a CPU."""
     n_bins = sizes.shape[dim]
-    # With S_k the cumulative sums of e^θ, knot k is at −B + 2B (m k + (1 − mK) S_k / S_K): the
+    # With S_k the cumulative sums of e^θ, knot k is at −B + 2B (δ k + (1 − δK) S_k / S_K): the
     # softmax's normalisation is applied to the K − 1 sums in one fused multiply-add instead of to
     # every bin size before summing, half the elementwise passes of the textbook order (same map,
     # floats equal to rounding). The maximum is subtracted so that no exponential overflows.
-    sums = torch.cumsum(torch.exp(sizes - sizes.detach().amax(dim=dim, keepdim=True)), dim=dim)
-    minimum = _pair(min_bin_width, min_bin_height, sizes)
-    trailing = [1] * (-dim - 1)
-    ranges = (2.0 * bound * (1.0 - minimum * n_bins)).reshape([2, 1] + trailing)
-    steps = torch.arange(1, n_bins, dtype=sizes.dtype, device=sizes.device).reshape([1, n_bins - 1] + trailing)
-    offsets = (2.0 * bound) * minimum.reshape([2, 1] + trailing) * steps - bound
+    exponentials = torch.exp(sizes - sizes.detach().amax(dim=dim, keepdim=True))
+    sums = torch.matmul(triangle, exponentials) if triangle is not None else torch.cumsum(exponentials, dim=dim)
     return torch.addcmul(offsets, sums.narrow(dim, 0, n_bins - 1), ranges / sums.narrow(dim, n_bins - 1, 1))
 
 
@@ -174,11 +189,38 @@ def packed_rational_quadratic_spline(
         raise ValueError(f"need at least 2 bins, got {bins}")
     if min_bin_width * bins >= 1.0 or min_bin_height * bins >= 1.0:
         raise ValueError("the minimum bin width and height times the number of bins must be below 1")
+    offsets, ranges, outer_knots = _knot_grid(bins, bound, min_bin_width, min_bin_height, dim, inputs)
+    end_steps = torch.tensor([-1, 0], device=inputs.device).reshape([2] + [1] * (-dim - 1))
+    triangle = torch.ones(bins, bins, dtype=inputs.dtype, device=inputs.device).tril() if dim == -2 else None
+    return _spline_on_grid(
+        inputs, parameters, bins, inverse, bound, min_derivative, log_derivative, dim,
+        offsets, ranges, outer_knots, end_steps, triangle,
+    )
+
+
+def _spline_on_grid(
+    inputs: torch.Tensor,
+    parameters: torch.Tensor,
+    bins: int,
+    inverse: bool,
+    bound: float,
+    min_derivative: float,
+    log_derivative: bool,
+    dim: int,
+    offsets: torch.Tensor,
+    ranges: torch.Tensor,
+    outer_knots: torch.Tensor,
+    end_steps: torch.Tensor,
+    triangle: Optional[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`packed_rational_quadratic_spline` with its checks done and its constant tensors
+    given (:func:`_knot_grid`; ``end_steps`` = [−1, 0] [2, 1…], the offsets of a bin's two ends
+    from the count of knots below; ``triangle``: :func:`_interior_knots`)."""
     position_of_bins = parameters.dim() + dim
     shape = list(parameters.shape)
     sizes_shape = shape[:position_of_bins] + [2, bins] + shape[position_of_bins + 1 :]
     knots = _interior_knots(
-        parameters.narrow(dim, 0, 2 * bins).reshape(sizes_shape), bound, min_bin_width, min_bin_height, dim
+        parameters.narrow(dim, 0, 2 * bins).reshape(sizes_shape), offsets, ranges, dim, triangle
     )  # [..., 2 (x, y), K − 1, ...]
 
     inside = inputs.abs() <= bound
@@ -192,13 +234,12 @@ def packed_rational_quadratic_spline(
     # Only the bin's two ends are needed: gather them from the interior knots (and the raw
     # derivative parameters, so that the softplus runs on 2 values, not K − 1); an end that is an
     # outer knot (−bound or +bound, slope 1) was clamped into range and is replaced below.
-    unclamped_ends = found + torch.tensor([-1, 0], device=found.device).reshape([2] + [1] * (-dim - 1))
+    unclamped_ends = found + end_steps
     ends = unclamped_ends.clamp(0, bins - 2)
     outer = unclamped_ends != ends
     both_axes = list(knots.shape)
     both_axes[position_of_bins + 1] = 2
-    pm = _pair(-bound, bound, inputs).reshape([2] + [1] * (-dim - 1))
-    knot_ends = torch.where(outer.unsqueeze(dim - 1), pm, knots.gather(dim, ends.unsqueeze(dim - 1).expand(both_axes)))
+    knot_ends = torch.where(outer.unsqueeze(dim - 1), outer_knots, knots.gather(dim, ends.unsqueeze(dim - 1).expand(both_axes)))
     x_low, x_high = knot_ends.select(dim - 1, 0).unbind(dim)
     y_low, y_high = knot_ends.select(dim - 1, 1).unbind(dim)
     # Offset so that θ = 0 gives slope 1, the identity (softplus(offset) = 1 − min_derivative).
@@ -303,6 +344,14 @@ class CouplingLayer(nn.Module):
         self.min_bin_width = float(min_bin_width)
         self.min_bin_height = float(min_bin_height)
         self.min_derivative = float(min_derivative)
+        # The spline's constant tensors (_spline_on_grid), derived from the settings above and not
+        # part of the state dict.
+        offsets, ranges, outer_knots = _knot_grid(bins, self.bound, self.min_bin_width, self.min_bin_height, -2, torch.zeros(()))
+        self.register_buffer("knot_offsets", offsets, persistent=False)
+        self.register_buffer("knot_ranges", ranges, persistent=False)
+        self.register_buffer("outer_knots", outer_knots, persistent=False)
+        self.register_buffer("end_steps", torch.tensor([-1, 0]).reshape(2, 1), persistent=False)
+        self.register_buffer("triangle", torch.ones(bins, bins).tril(), persistent=False)
         width = len(identity_index) + context + len(indicators)
         linears = []
         for size in hidden:
@@ -329,17 +378,9 @@ class CouplingLayer(nn.Module):
             .add_(self.head.bias.unsqueeze(1))
             .reshape(self.n_transformed, 3 * self.bins - 1, x.shape[1])
         )
-        outputs, log_derivative = packed_rational_quadratic_spline(
-            x.index_select(0, self.transform_index),
-            parameters,
-            self.bins,
-            inverse,
-            self.bound,
-            self.min_bin_width,
-            self.min_bin_height,
-            self.min_derivative,
-            log_det,
-            -2,
+        outputs, log_derivative = _spline_on_grid(
+            x.index_select(0, self.transform_index), parameters, self.bins, inverse, self.bound, self.min_derivative,
+            log_det, -2, self.knot_offsets, self.knot_ranges, self.outer_knots, self.end_steps, self.triangle,
         )
         return x.index_copy(0, self.transform_index, outputs), log_derivative.sum(dim=0)
 

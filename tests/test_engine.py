@@ -116,6 +116,28 @@ def test_non_finite_inputs_are_passed_through_and_flagged(known_bundle):
     np.testing.assert_array_equal(r9[1:], flat(events.Photon.r9)[1:].astype(np.float32))
 
 
+def test_missing_values_stay_missing_in_every_written_field(known_bundle):
+    """A missing object (one photon per event, ``ak.firsts``, in an event without one) gets
+    missing fields; a missing value of a present object is flagged as not finite and its raw_*
+    field stays missing, not NaN."""
+    bundle = egproc.load(known_bundle, device="cpu")
+    photon = {"sieie": 0.01, "pt": 40.0, "superclusterEta": 0.3}
+    events = ak.Array({
+        "Photon": [[{**photon, "r9": 0.9}], [], [{**photon, "r9": 0.8}]],
+        "Rho": [{"fixedGridRhoAll": 20.0}] * 3,
+    })
+    first = bundle.apply(ak.firsts(events.Photon), events)
+    for field in ("raw_r9", "r9", "egproc_ok", "egproc_status"):
+        assert ak.is_none(first[field]).tolist() == [False, True, False], field
+    assert ak.to_list(first.raw_r9) == pytest.approx([0.9, None, 0.8])
+    assert ak.to_list(first.r9)[0] == pytest.approx(known_shift_numpy(0.9, 0.01, 40.0, 20.0)[0])
+
+    events = ak.Array({"Photon": [[{**photon, "r9": 0.9}, {**photon, "r9": None}]], "Rho": [{"fixedGridRhoAll": 20.0}]})
+    photons = bundle.apply(events.Photon, events)
+    assert ak.to_list(photons.raw_r9[0]) == pytest.approx([0.9, None])
+    assert ak.to_list(photons.egproc_status[0]) == [0, engine.STATUS_INPUT_NOT_FINITE]
+
+
 class ReturnsNaN(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([torch.log(x[:, 0] - 0.85), x[:, 1], x[:, 0]], dim=1)
@@ -178,6 +200,40 @@ def test_validity_gates_each_step_on_the_values_that_step_sees(tmp_path):
     np.testing.assert_array_equal(flat(photons.sieie), np.float32([0.02, 0.01, 0.01]))  # on 1.5 pT: only 30 < 50
     np.testing.assert_array_equal(flat(photons.egproc_ok), [True, True, False])
     np.testing.assert_array_equal(flat(photons.pt), np.float32([20.0, 40.0, 60.0]))  # an internal column is not written
+
+
+def test_a_validity_shared_by_regions_is_evaluated_inside_them_only(tmp_path):
+    """EB and EE steps gate on one validity that correctionlib refuses beyond |η_SC| = 2.5: it is
+    evaluated once, on the objects of both regions, and never on the crack or beyond."""
+    import correctionlib.schemav2 as cs
+
+    inside_tracker = cs.Correction(
+        name="eta_gate", version=1, inputs=[cs.Variable(name="eta", type="real")], output=cs.Variable(name="valid", type="real"),
+        data=cs.Binning(nodetype="binning", input="eta", edges=[-2.5, -2.0, 2.0, 2.5], content=[0.0, 1.0, 0.0], flow="error"),
+    )
+    plus_one = cs.Correction(
+        name="r9_plus_1", version=1, inputs=[cs.Variable(name="r9", type="real")], output=cs.Variable(name="r9", type="real"),
+        data=cs.Formula(nodetype="formula", expression="x+1", parser="TFormula", variables=["r9"]),
+    )
+    gate = {"correction": "eta_gate", "inputs": ["Photon_superclusterEta"]}
+    bundle_format.write(
+        tmp_path / "regions", name="regions", method="test", collection="Photon", description="one validity, two regions",
+        correction_set=cs.CorrectionSet(schema_version=2, corrections=[inside_tracker, plus_one]),
+        models={"double.pt": torch.jit.script(DoubleSieie())},
+        steps=[
+            {"kind": "correctionlib", "correction": "r9_plus_1", "inputs": ["Photon_r9"], "output": "Photon_r9", "region": "EB", "validity": gate},
+            {"kind": "torchscript", "model": "double.pt", "inputs": ["Photon_sieie"], "outputs": ["Photon_sieie"], "region": "EE", "validity": gate},
+        ],
+    )
+    eta = [0.3, 1.5, 1.8, 2.2, 2.8, -1.0]  # EB, crack, EE, EE outside the gate, beyond the endcaps, EB
+    events = ak.Array({
+        "Photon": [[{"r9": 0.5, "sieie": 0.01, "pt": 40.0, "superclusterEta": value} for value in eta]],
+        "Rho": [{"fixedGridRhoAll": 20.0}],
+    })
+    photons = egproc.load(tmp_path / "regions", device="cpu").apply(events.Photon, events)
+    np.testing.assert_array_equal(flat(photons.r9), np.float32([1.5, 0.5, 0.5, 0.5, 0.5, 1.5]))
+    np.testing.assert_array_equal(flat(photons.sieie), np.float32([0.01, 0.01, 0.02, 0.01, 0.01, 0.01]))
+    np.testing.assert_array_equal(flat(photons.egproc_ok), [True, False, True, False, False, True])
 
 
 def _unit_cset():

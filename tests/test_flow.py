@@ -341,6 +341,47 @@ def test_exported_module_equals_the_eager_correction_and_training_is_determinist
         np.testing.assert_array_equal(again(inputs).numpy(), eager)
 
 
+@pytest.mark.parametrize("switch", ["sweep", "every-layer"])
+def test_a_scripted_correction_is_rebuilt_with_its_weights_and_settings(samples, switch):
+    """correction_from_torchscript gives back the eager correction a module was scripted from:
+    same state, same encoding grid, same floats (the endcap: followers, excesses, indicators)."""
+    import dataclasses
+
+    data, mc, _ = cqr.read_samples([samples["data"]], [samples["mc"]])
+    variables = flow.VARIABLES["EE"]
+    settings = dataclasses.replace(TINY, switch=switch, steps=40, sweep_hidden=(8, 4))
+    correction, _ = flow.train_flow(data["EE"], mc["EE"], variables, settings=settings, seed=4, label="EE")
+    rebuilt = flow.correction_from_torchscript(torch.jit.script(correction))
+    original = correction.state_dict()
+    assert rebuilt.state_dict().keys() == original.keys()
+    for key, value in rebuilt.state_dict().items():
+        torch.testing.assert_close(value, original[key], rtol=0.0, atol=0.0, msg=key)
+    if switch == "sweep":
+        assert any(len(layer.indicator_index) for layer in rebuilt.flow.switch.layers)
+    uniforms = np.random.default_rng(1).random((len(mc["EE"]), sum(v in cqr.ZERO_PEAK for v in variables)), dtype=np.float32)
+    inputs = module_inputs(mc["EE"], variables, uniforms)
+    with torch.no_grad():
+        np.testing.assert_array_equal(rebuilt(inputs).numpy(), correction(inputs).numpy())
+    with pytest.raises(TypeError, match="expected a scripted FlowCorrection"):
+        flow.correction_from_torchscript(torch.jit.script(correction.encoding))
+
+
+def test_reexport_writes_the_bundle_again(trained, tmp_path):
+    """A bundle exported by this code re-exports byte for byte (up/down included); the manifest
+    keeps its steps, correctionlib file and provenance, and records the re-export."""
+    out = flow.reexport(trained.path, tmp_path / "again", note="round trip")
+    again = egproc.load(out, device="cpu")
+    assert again.manifest.steps == trained.manifest.steps  # same files, same checksums
+    assert again.manifest.corrections == trained.manifest.corrections
+    provenance = dict(again.manifest.provenance)
+    (entry,) = provenance.pop("reexported")
+    assert provenance == trained.manifest.provenance
+    assert entry["note"] == "round trip"
+    assert entry["previous_sha256"] == {a.file: a.sha256 for a in trained.manifest.artefacts()}
+    with pytest.raises(ValueError, match="a flow bundle, not cqr"):
+        cqr.reexport(trained.path, tmp_path / "wrong")
+
+
 def test_flows_trained_two_at_a_time_are_the_flows_trained_in_turn(samples, tmp_path):
     """Concurrent trainings (threads) give each flow exactly as training them one after the other
     does, both on one torch thread so that no matrix product changes its summation order."""

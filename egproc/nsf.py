@@ -101,7 +101,7 @@ def _interior_knots(
 ) -> torch.Tensor:
     """Interior knots [..., 2, K − 1, ...] of x (index 0 of the new axis before ``dim``) and y
     (index 1), from the unnormalised bin widths and heights [..., 2, K, ...] and
-    :func:`knot_grid`'s offsets and ranges; the outer knots are ∓bound exactly and left to the
+    :func:`_knot_grid`'s offsets and ranges; the outer knots are ∓bound exactly and left to the
     caller. With the bins on axis −2, ``triangle`` (the K × K lower-triangular ones) makes the
     running sums one matrix product, which took 0.65 of ``cumsum``'s time over that strided axis
     on a CPU."""

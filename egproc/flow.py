@@ -696,7 +696,6 @@ def _spline_flow_shape(flow: Any) -> dict[str, Any]:
         "bins": first.bins,
         "hidden": tuple(linear.weight.shape[0] for linear in first.hidden.children()),
         "activation": first.activation.original_name.lower(),
-        "bound": first.bound,
     }
 
 

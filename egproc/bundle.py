@@ -361,10 +361,8 @@ class _Variation:
                 covered |= rows
             if isinstance(step, CorrectionlibStep):
                 correction = bundle.correction_set[step.correction]
-                # correctionlib takes exact integers for int inputs (run, event numbers), doubles otherwise.
                 corrected = correction.evaluate(*[
-                    selected(b, step, rows, "int64" if v.type == "int" else "float64")
-                    for b, v in zip(step.inputs, correction.inputs)
+                    selected(b, step, rows, _input_dtype(v)) for b, v in zip(step.inputs, correction.inputs)
                 ])
                 results = {step.output: np.asarray(corrected, dtype=np.float32)}
             else:
@@ -393,11 +391,15 @@ class _Variation:
         return {b: current[b] for b in self.outputs}, covered
 
 
+def _input_dtype(variable: Any) -> str:
+    """What a correctionlib input takes: exact integers for ``int`` inputs (run, event numbers),
+    doubles otherwise."""
+    return "int64" if variable.type == "int" else "float64"
+
+
 def _evaluate(correction: Any, columns: Mapping[str, np.ndarray], branches: Sequence[str]) -> np.ndarray:
-    """A correctionlib correction on columns: exact integers for ``int`` inputs, doubles otherwise."""
-    return correction.evaluate(
-        *[columns[b].astype(np.int64 if v.type == "int" else np.float64) for b, v in zip(branches, correction.inputs)]
-    )
+    """A correctionlib correction on columns, each cast as the input takes it (:func:`_input_dtype`)."""
+    return correction.evaluate(*[columns[b].astype(_input_dtype(v)) for b, v in zip(branches, correction.inputs)])
 
 
 _bundles: dict[tuple[str, str, str, int | None], Bundle] = {}

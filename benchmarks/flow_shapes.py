@@ -72,6 +72,8 @@ def main() -> None:
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", category=UserWarning)
     shipped = flow.correction_from_torchscript(torch.jit.load(str(args.bundle / "flow_EB_nominal.pt")))
+    if len(shipped.flow.shared) == 0:
+        parser.error(f"{args.bundle}'s flow has the switch in every layer, not a sweep: this benchmark times sweeps")
     first_layer = shipped.flow.switch.layers[0]
     shipped_shape = (
         first_layer.bins,
